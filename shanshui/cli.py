@@ -1,0 +1,149 @@
+"""The `shanshui` command: parse, validate, call one library function per command. Errors are one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from shanshui.errors import ShanshuiError
+from shanshui.export.onnx_export import Precision
+from shanshui.runtime.backends import Backend, Device
+from shanshui.runtime.samplers import Sampler
+from shanshui.train.arch import Arch
+
+
+class OneLineErrors(TyperGroup):
+    """Every failure (bad option, ShanshuiError, Ctrl-C) becomes `error: …` on stderr and a non-zero exit."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            code, msg = 2, f"{e.format_message()}{hint}"
+        except click.ClickException as e:
+            code, msg = e.exit_code, e.format_message()
+        except ShanshuiError as e:
+            code, msg = 1, str(e)
+        except (click.Abort, KeyboardInterrupt):
+            code, msg = 130, "interrupted"
+        else:
+            code = rv if isinstance(rv, int) else 0
+            if not standalone_mode:
+                return code
+            sys.exit(code)
+        click.echo(f"error: {' '.join(msg.split())}", err=True)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="shanshui: text-to-image Chinese landscape painting (山水画), from training to fast inference.",
+)
+
+
+@app.command()
+def init(
+    out: Path = typer.Argument(..., help="New folder for the diffusers pipeline."),
+    arch: Arch = typer.Option(Arch.tiny, help="tiny: the shanshui default (≤ 25 M parameters, 256 px); sd15: Stable Diffusion 1.5 shapes."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+):
+    """Write a random-weight model folder (diffusers layout) for an architecture."""
+    from shanshui.train.arch import init_model
+
+    summary = init_model(arch.value, out, seed=seed)
+    p = summary["parameters"]
+    typer.echo(
+        f"wrote {out} ({arch.value}: {p['total'] / 1e6:.1f} M parameters — text encoder {p['text_encoder'] / 1e6:.1f} M, "
+        f"U-Net {p['unet'] / 1e6:.1f} M, VAE {p['vae'] / 1e6:.1f} M)"
+    )
+
+
+@app.command()
+def export(
+    model_dir: Optional[Path] = typer.Argument(None, help="diffusers model folder; default: the shipped model."),
+    out_dir: Optional[Path] = typer.Argument(None, help="Output folder; default: ./<model>-onnx-<precision>."),
+    precision: Precision = typer.Option(Precision.fp32, help="Weight precision of the exported graphs."),
+    height: Optional[int] = typer.Option(None, help="Image height the graphs are optimised and checked for (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width the graphs are optimised and checked for (default: the model's)."),
+    max_batch: int = typer.Option(4, help="Largest number of images per call in the shape profiles."),
+):
+    """Export text encoder, U-Net and VAE decoder to ONNX, each checked against PyTorch."""
+    from shanshui.export.onnx_export import export_model
+    from shanshui.models import default_source_path
+
+    if model_dir is None:
+        model_dir = default_source_path()
+        if model_dir is None:
+            raise ShanshuiError("no default model ships with this install yet; pass MODEL_DIR (e.g. one made by `shanshui init`)")
+    events = {"skip": "unchanged, kept", "export": "exporting and checking against PyTorch…", "done": "done"}
+    manifest = export_model(
+        model_dir, out_dir, precision=precision.value, height=height, width=width, max_batch=max_batch,
+        on_event=lambda comp, what: typer.echo(f"  {comp}: {events.get(what, what)}", err=True),
+    )
+    for name, entry in manifest["components"].items():
+        worst = max(entry["parity"], key=lambda p: p["max_abs_error"] / p["allowed"])
+        size = sum(entry["files"].values()) / 1e6
+        typer.echo(f"  {name:13s} {size:9.1f} MB   max |onnx - torch| {worst['max_abs_error']:.2e} (allowed {worst['allowed']:.1e})")
+    typer.echo(f"wrote {manifest['out_dir']}")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to paint, in Chinese or English."),
+    output: Path = typer.Option(Path("shanshui.png"), "--output", "-o", help="PNG to write (several images get -0, -1 … suffixes)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Export folder (ONNX Runtime) or diffusers folder (PyTorch); default: the shipped model."),
+    steps: int = typer.Option(25, help="Sampling steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (1 = off)."),
+    seed: int = typer.Option(0, help="Seed of the initial noise; the same seed gives the same painting."),
+    height: Optional[int] = typer.Option(None, help="Image height in pixels, a multiple of 8 (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width in pixels, a multiple of 8 (default: the model's)."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp_2m, help="Sampling algorithm."),
+    backend: Backend = typer.Option(Backend.auto, help="auto: onnxruntime for an export folder, torch for a diffusers folder."),
+    device: Device = typer.Option(Device.auto, help="auto uses a CUDA GPU when the backend can."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
+    num_images: int = typer.Option(1, help="Images to make from the prompt (one batch)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: SHANSHUI_THREADS or the runtime's choice)."),
+):
+    """Paint a prompt into a PNG."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shanshui.runtime.backends import default_threads
+    from shanshui.runtime.image import numbered, save_png
+    from shanshui.runtime.pipeline import Pipeline, Request
+
+    req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
+                  height=height, width=width, sampler=sampler.value, num_images=num_images)
+    if output.suffix.lower() != ".png":
+        raise ShanshuiError(f"output {output} must end in .png")
+    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads())
+    pipe.validate(req)
+    with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=None, transient=True) as progress:
+        task = progress.add_task("sampling", total=steps)
+        result = pipe(req, callback=lambda i, n: progress.update(task, completed=i + 1))
+    if result.truncated:
+        typer.echo(f"warning: the prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
+    for i, image in enumerate(result.images):
+        path = save_png(numbered(output, i, len(result.images)), image, {**result.params, "seed": seed, "index": i})
+        typer.echo(f"wrote {path}")
+    t = result.timings
+    typer.echo(f"{t['total_s']:.2f} s ({t['unet_calls']} U-Net calls, {result.params['backend']})", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Export to ONNX: the component contract, the manifest and the exporter."""

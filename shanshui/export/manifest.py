@@ -1,0 +1,62 @@
+"""The export manifest (shanshui_manifest.json): what each ONNX file is, for the runtime and engine builds.
+
+Torch-free: the runtime reads it to learn dims, tokenizer settings and the VAE scaling factor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from shanshui.errors import ShanshuiError
+from shanshui.export.contract import ModelDims, ShapeSettings
+
+MANIFEST = "shanshui_manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    root: Path
+    manifest: dict
+
+    @property
+    def dims(self) -> ModelDims:
+        return ModelDims(**self.manifest["dims"])
+
+    @property
+    def shapes(self) -> ShapeSettings:
+        return ShapeSettings(**self.manifest["shapes"])
+
+    def onnx_path(self, component: str) -> Path:
+        entry = self.manifest["components"].get(component)
+        if entry is None:
+            raise ShanshuiError(f"{self.root} has no exported {component}; re-run `shanshui export`")
+        return self.root / entry["file"]
+
+
+def read_manifest(root: Path) -> dict | None:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ShanshuiError(f"{path} is corrupt; delete it and re-run `shanshui export`") from None
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ShanshuiError(f"{path} has format {m.get('format_version')}, this shanshui reads {FORMAT_VERSION}; re-export")
+    return m
+
+
+def open_exported(root: Path) -> ExportedModel:
+    """An export folder made by `shanshui export`, with all three components present."""
+    root = Path(root)
+    m = read_manifest(root)
+    if m is None:
+        raise ShanshuiError(f"{root} is not a shanshui export (no {MANIFEST}); run `shanshui export` on a model folder")
+    model = ExportedModel(root, m)
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        if not model.onnx_path(comp).is_file():
+            raise ShanshuiError(f"{model.onnx_path(comp)} is missing; re-run `shanshui export` to complete the folder")
+    return model

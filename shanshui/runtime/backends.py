@@ -1,0 +1,125 @@
+"""Backends: the three components behind one NumPy interface, so ONNX Runtime and PyTorch are interchangeable.
+
+    text_encoder(input_ids (B2, L) int64) -> (B2, L, D) float32
+    unet(x (B2, C, h, w) f32, t (B2,) f32, cond (B2, L, D) f32) -> ε or v (B2, C, h, w) f32   # the denoiser interface
+    vae_decoder(z (B, C, h, w) f32, already / scaling_factor) -> image (B, 3, H, W) f32 in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OrtComponents:
+    """ONNX Runtime sessions over an export folder; CUDA provider when asked for (or `auto` and present)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ShanshuiError("ONNX Runtime has no CUDA provider here; pip install 'shanshui[gpu]', or use --device cpu")
+        use_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+        self.providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        self.device = "cuda" if use_cuda else "cpu"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        self.sessions = {}
+        for comp in ("text_encoder", "unet", "vae_decoder"):
+            path = model.onnx_path(comp)
+            try:
+                self.sessions[comp] = ort.InferenceSession(str(path), opts, providers=self.providers)
+            except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
+                raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
+
+    def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.sessions["text_encoder"].run(["last_hidden_state"], {"input_ids": input_ids.astype(np.int64)})[0]
+
+    def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        feeds = {"sample": x, "timestep": t.astype(np.float32), "encoder_hidden_states": cond}
+        return self.sessions["unet"].run(["out_sample"], feeds)[0]
+
+    def vae_decoder(self, z: np.ndarray) -> np.ndarray:
+        return self.sessions["vae_decoder"].run(["sample"], {"latent_sample": z.astype(np.float32)})[0]
+
+
+class TorchComponents:
+    """PyTorch modules from a diffusers folder, on CPU or CUDA, fp32 (fp16/bf16 on CUDA)."""
+
+    name = "torch"
+
+    def __init__(self, root: Path, device: str = "auto", threads: int | None = None, dtype: str = "fp32"):
+        try:
+            import diffusers
+            import torch
+            import transformers
+        except ImportError as e:
+            raise ShanshuiError(f"the torch backend needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
+        from shanshui.export.onnx_export import quiet_hf
+        from shanshui.export.source import read_json
+
+        quiet_hf()
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ShanshuiError("no CUDA GPU is visible to PyTorch; use --device cpu")
+        self.device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+        if threads and self.device == "cpu":
+            torch.set_num_threads(int(threads))
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        if self.dtype != torch.float32 and self.device == "cpu":
+            raise ShanshuiError(f"{dtype} on the CPU is slower than fp32 in PyTorch; use fp32 there, or --device cuda")
+        index = read_json(Path(root) / "model_index.json")
+        te_cls = getattr(transformers, (index.get("text_encoder") or [None, "CLIPTextModel"])[1])
+        kw = dict(use_safetensors=True, torch_dtype=self.dtype)
+        try:
+            self.te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(self.device).eval()
+            self.un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(self.device).eval()
+            self.vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(self.device).eval()
+        except (OSError, ValueError) as e:
+            raise ShanshuiError(f"cannot load the PyTorch model from {root}: {str(e).splitlines()[0]}") from None
+        self.torch = torch
+
+    def _run(self, fn, *arrays):
+        torch = self.torch
+        with torch.inference_mode():
+            ins = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+            ins = [a.to(self.dtype) if a.is_floating_point() else a for a in ins]
+            return fn(*ins).float().cpu().numpy()
+
+    def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._run(lambda ids: self.te(ids, return_dict=True).last_hidden_state, input_ids.astype(np.int64))
+
+    def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        return self._run(lambda a, b, c: self.un(a, b.float(), c, return_dict=False)[0], x, t.astype(np.float32), cond)
+
+    def vae_decoder(self, z: np.ndarray) -> np.ndarray:
+        return self._run(lambda a: self.vae.decode(a, return_dict=False)[0], z.astype(np.float32))
+
+
+def default_threads() -> int | None:
+    """SHANSHUI_THREADS, else let the runtime decide."""
+    v = os.environ.get("SHANSHUI_THREADS")
+    return int(v) if v and v.isdigit() and int(v) > 0 else None

@@ -1,0 +1,158 @@
+"""The lean text-to-image loop: tokenize → encode → sample (NumPy) → decode. No torch on the ONNX path."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+from shanshui.runtime import schedules
+from shanshui.runtime.backends import OrtComponents, TorchComponents
+from shanshui.runtime.denoiser import GuidedDenoiser
+from shanshui.runtime.samplers import SAMPLERS
+from shanshui.runtime.tokenizer import open_tokenizer
+
+SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
+    "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
+    "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
+    "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
+    "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
+}
+
+
+@dataclass
+class Request:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    sampler: str = "dpmpp_2m"
+    num_images: int = 1
+
+
+@dataclass
+class Result:
+    images: list[np.ndarray]  # each (H, W, 3) uint8
+    params: dict
+    timings: dict = field(default_factory=dict)
+    truncated: bool = False
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package (its ONNX export)."""
+    from shanshui import models
+
+    path = models.default_model_path()
+    if path is None:
+        raise ShanshuiError("no default model ships with this install yet; pass --model with an export or diffusers folder")
+    return path
+
+
+def _kind(root: Path) -> str:
+    from shanshui.export.manifest import MANIFEST
+
+    if not root.is_dir():
+        raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
+    if (root / MANIFEST).is_file():
+        return "onnx"
+    if (root / "model_index.json").is_file() and (root / "unet").is_dir():
+        return "diffusers"
+    raise ShanshuiError(f"{root} is neither a shanshui export nor a diffusers folder; make one with `shanshui export` or `shanshui init`")
+
+
+class Pipeline:
+    """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
+
+    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None):
+        t0 = time.perf_counter()
+        root = Path(model_dir) if model_dir is not None else default_model_dir()
+        kind = _kind(root)
+        backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
+        if kind == "onnx" and backend != "onnxruntime":
+            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime, or point --model at the diffusers folder for torch")
+        if kind == "diffusers" and backend != "torch":
+            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for onnxruntime, or use --backend torch")
+        self.root, self.backend = root, backend
+        if kind == "onnx":
+            from shanshui.export.manifest import open_exported
+
+            exported = open_exported(root)
+            m = exported.manifest
+            self.dims = exported.dims
+            self.default_size = (exported.shapes.height, exported.shapes.width)
+            self.scaling_factor = float(m["vae_scaling_factor"])
+            self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
+            self.components = OrtComponents(exported, device=device, threads=threads)
+        else:
+            from shanshui.export.source import open_source, read_json
+
+            source = open_source(root)
+            self.dims = source.dims
+            res = read_json(root / "vae" / "config.json").get("sample_size", 512)
+            res = int(res[0] if isinstance(res, list) else res)
+            self.default_size = (res, res)
+            self.scaling_factor = source.vae_scaling_factor
+            self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
+            self.components = TorchComponents(root, device=device, threads=threads)
+        with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+            self.scheduler = json.load(f)
+        self.load_seconds = time.perf_counter() - t0
+
+    def validate(self, req: Request) -> tuple[int, int]:
+        if not req.prompt or not req.prompt.strip():
+            raise ShanshuiError("the prompt is empty; describe the painting, e.g. 「一棵青松，青山环绕，云雾缭绕」")
+        if req.sampler not in SAMPLERS:
+            raise ShanshuiError(f"unknown sampler {req.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 1 <= req.steps <= 1000:
+            raise ShanshuiError(f"steps must be between 1 and 1000, got {req.steps}")
+        if not 0 <= req.guidance <= 50:
+            raise ShanshuiError(f"guidance must be between 0 and 50, got {req.guidance}")
+        if not 1 <= req.num_images <= 16:
+            raise ShanshuiError(f"num-images must be between 1 and 16, got {req.num_images}")
+        h = req.height or self.default_size[0]
+        w = req.width or self.default_size[1]
+        m = self.dims.size_multiple
+        for name, v in (("height", h), ("width", w)):
+            if v <= 0 or v % 8:
+                raise ShanshuiError(f"{name} {v} is not a positive multiple of 8; try {max(8, round(v / 8) * 8)}")
+            if v % m:
+                raise ShanshuiError(f"{name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
+        return h, w
+
+    def __call__(self, req: Request, callback: Callable[[int, int], None] | None = None) -> Result:
+        h, w = self.validate(req)
+        timings = {}
+        t0 = time.perf_counter()
+        n = req.num_images
+        ids, truncated = self.tokenizer([req.prompt] * n + [req.negative_prompt] * n)
+        emb = self.components.text_encoder(ids)  # (2n, L, D)
+        cond, uncond = emb[:n], emb[n:]
+        timings["text_encoder_s"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        sigmas = SIGMA_SCHEDULES[req.sampler](self.scheduler, req.steps)
+        rng = np.random.default_rng(req.seed)
+        shape = (n, self.dims.latent_channels, h // self.dims.vae_scale, w // self.dims.vae_scale)
+        x = rng.standard_normal(shape) * np.sqrt(1.0 + sigmas[0] ** 2)  # float64 in σ-space
+        model = GuidedDenoiser(self.components.unet, cond, uncond, req.guidance, schedules.train_sigmas(self.scheduler),
+                               self.scheduler.get("prediction_type", "epsilon"))
+        x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
+        latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
+        timings["denoise_s"] = time.perf_counter() - t1
+        timings["unet_calls"] = model.calls
+
+        t2 = time.perf_counter()
+        decoded = self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32))  # (n, 3, H, W)
+        images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
+        timings["vae_decoder_s"] = time.perf_counter() - t2
+        timings["total_s"] = time.perf_counter() - t0
+        params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": str(self.root)}
+        return Result(images=images, params=params, timings=timings, truncated=truncated[0])

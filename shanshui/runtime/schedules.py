@@ -1,0 +1,86 @@
+"""Noise schedules as small NumPy functions, read from a diffusers scheduler_config.json.
+
+Everything is in the k-diffusion (variance-exploding) parametrisation: x = x0 + σ·ε, with
+σ(t) = sqrt((1 - ᾱ_t) / ᾱ_t). A DDPM latent x_vp relates to it by x_vp = x / sqrt(1 + σ²).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+
+
+def betas_from_config(cfg: dict) -> np.ndarray:
+    """β_t for t = 0..T-1 (float64), as diffusers computes them."""
+    n = int(cfg.get("num_train_timesteps", 1000))
+    start, end = float(cfg.get("beta_start", 0.00085)), float(cfg.get("beta_end", 0.012))
+    kind = cfg.get("beta_schedule", "scaled_linear")
+    if kind == "linear":
+        return np.linspace(start, end, n, dtype=np.float64)
+    if kind == "scaled_linear":
+        return np.linspace(start**0.5, end**0.5, n, dtype=np.float32).astype(np.float64) ** 2
+    if kind == "squaredcos_cap_v2":
+        f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+        t = np.arange(n, dtype=np.float64)
+        return np.minimum(1 - f((t + 1) / n) / f(t / n), 0.999)
+    raise ShanshuiError(f"beta_schedule {kind!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2")
+
+
+def train_sigmas(cfg: dict) -> np.ndarray:
+    """σ at every training timestep t = 0..T-1, increasing."""
+    alphas_cumprod = np.cumprod(1.0 - betas_from_config(cfg))
+    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
+def sigma_to_t(sigma: np.ndarray | float, sigmas_t: np.ndarray) -> np.ndarray:
+    """Inverse of σ(t) by linear interpolation in σ, the exact inverse of how diffusers places fractional timesteps."""
+    return np.interp(sigma, sigmas_t, np.arange(len(sigmas_t), dtype=np.float64))
+
+
+def timesteps(cfg: dict, steps: int, convention: str = "ddim") -> np.ndarray:
+    """Timesteps (descending, float64) for `steps` sampling steps, following cfg's timestep_spacing.
+
+    convention "ddim" is DDIM's and Euler's placement; "dpm" is DPM-Solver's, which for linspace and leading
+    spacing lays out steps + 1 points and drops the last (as diffusers' DPMSolverMultistepScheduler does).
+    """
+    n = int(cfg.get("num_train_timesteps", 1000))
+    if not 0 < steps <= n:
+        raise ShanshuiError(f"steps must be between 1 and {n}, got {steps}")
+    spacing = cfg.get("timestep_spacing", "leading")
+    extra = 1 if convention == "dpm" else 0
+    if spacing == "linspace":
+        ts = np.linspace(0, n - 1, steps + extra, dtype=np.float64)
+        return (ts.round() if extra else ts)[::-1][: steps].copy()
+    if spacing == "leading":
+        ratio = n // (steps + extra)
+        ts = (np.arange(0, steps + extra) * ratio).round()[::-1][:steps]
+        return ts.astype(np.float64) + int(cfg.get("steps_offset", 0))
+    if spacing == "trailing":
+        return np.round(np.arange(n, 0, -n / steps)).astype(np.float64) - 1
+    raise ShanshuiError(f"timestep_spacing {spacing!r} is not supported; use linspace, leading or trailing")
+
+
+def sigmas_for(cfg: dict, steps: int, convention: str = "ddim") -> np.ndarray:
+    """σ at each step's timestep (interpolated in σ for fractional t), then a final σ = 0."""
+    st = train_sigmas(cfg)
+    sig = np.interp(timesteps(cfg, steps, convention), np.arange(len(st)), st)
+    return np.append(sig, 0.0)
+
+
+def ddim_sigmas(cfg: dict, steps: int) -> np.ndarray:
+    """DDIM's σ sequence: integer timesteps, then a final σ of 0 or σ(t=0) per set_alpha_to_one.
+
+    (On an uneven linspace grid diffusers steps to t - T/steps rather than to the next timestep; we step to the next.)
+    """
+    st = train_sigmas(cfg)
+    ts = np.round(timesteps(cfg, steps)).astype(int)
+    final = 0.0 if cfg.get("set_alpha_to_one", True) else st[0]
+    return np.append(st[ts], final)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) σ schedule, with a final 0."""
+    ramp = np.linspace(0, 1, steps)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)

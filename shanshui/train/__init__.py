@@ -1,0 +1,1 @@
+"""Model architectures and training (training itself arrives with the training issue)."""
