@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -17,30 +16,37 @@ from shanshui.runtime.samplers import Sampler
 from shanshui.train.arch import Arch
 
 
+# typer >= 0.20 vendors click and raises its own exceptions under TyperException; older typer raises click's.
+CommandLineError = getattr(typer, "TyperException", None) or __import__("click").ClickException
+
+
 class OneLineErrors(TyperGroup):
     """Every failure (bad option, ShanshuiError, Ctrl-C) becomes `error: …` on stderr and a non-zero exit."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
-        except click.UsageError as e:
-            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
-            code, msg = 2, f"{e.format_message()}{hint}"
-        except click.ClickException as e:
-            code, msg = e.exit_code, e.format_message()
+        except CommandLineError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `shanshui`: show the help
+                e.show()
+                return self._exit(0, standalone_mode)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None and e.exit_code == 2 else ""
+            code, msg = e.exit_code, f"{e.format_message()}{hint}"
         except ShanshuiError as e:
             code, msg = 1, str(e)
-        except (click.Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt):
             code, msg = 130, "interrupted"
         else:
-            code = rv if isinstance(rv, int) else 0
-            if not standalone_mode:
-                return code
+            return self._exit(rv if isinstance(rv, int) else 0, standalone_mode)
+        typer.echo(f"error: {' '.join(msg.split())}", err=True)
+        return self._exit(code, standalone_mode)
+
+    @staticmethod
+    def _exit(code: int, standalone_mode: bool) -> int:
+        if standalone_mode:
             sys.exit(code)
-        click.echo(f"error: {' '.join(msg.split())}", err=True)
-        if not standalone_mode:
-            return code
-        sys.exit(code)
+        return code
 
 
 app = typer.Typer(

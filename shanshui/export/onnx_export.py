@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.export.contract import ComponentSpec, ShapeSettings, components, parity_error
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from shanshui.export.source import SourceModel, open_source, read_json
-from shanshui.fsutil import write_json_atomic
+from shanshui.fsutil import umask, write_json_atomic
 
 OPSET = 17
 TWO_GB = 2**31
@@ -230,7 +231,8 @@ def export_model(
     _require_torch()
     res = read_json(source.root / "vae" / "config.json").get("sample_size", 512)
     res = int(res[0] if isinstance(res, list) else res)
-    shapes = ShapeSettings(height=height or res, width=width or res, max_batch=max_batch)
+    h, w = height or res, width or res
+    shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
     shapes.check(source.dims)
     out = Path(out_dir) if out_dir is not None else default_out_dir(source.root, precision)
     if out.exists() and not out.is_dir():
@@ -273,6 +275,7 @@ def export_model(
             write_json_atomic(out / MANIFEST, manifest)
             dest = out / name
             for f in sorted(entry["files"], key=lambda f: f == "model.onnx"):  # data first, model.onnx last
+                os.chmod(tmp / f, 0o666 & ~umask())  # onnx writes external data as 0600
                 (tmp / f).replace(dest / f)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ class GuidedDenoiser:
     """k-diffusion-style denoiser: scales x into the network's input space, maps σ to t, applies guidance.
 
     cond / uncond: (B, L, D) text embeddings; guidance == 1 (or uncond None) runs the conditional branch only.
+    A scheduler's clip_sample is ignored: clamping x0 to ±1 is meant for pixels, and latents span about ±4.
     """
 
     def __init__(self, unet: UNet, cond: np.ndarray, uncond: np.ndarray | None, guidance: float,
@@ -39,3 +40,10 @@ class GuidedDenoiser:
         if self.prediction_type == "epsilon":
             return x - sigma * out
         return x / (sigma**2 + 1.0) - out * sigma * c_in  # v-prediction: c_skip·x + c_out·v
+
+    @classmethod
+    def from_scheduler(cls, unet: UNet, cond, uncond, guidance: float, cfg: dict) -> "GuidedDenoiser":
+        """Settings from a diffusers scheduler_config.json."""
+        from shanshui.runtime.schedules import train_sigmas
+
+        return cls(unet, cond, uncond, guidance, train_sigmas(cfg), cfg.get("prediction_type", "epsilon"))

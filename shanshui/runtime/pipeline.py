@@ -142,8 +142,7 @@ class Pipeline:
         rng = np.random.default_rng(req.seed)
         shape = (n, self.dims.latent_channels, h // self.dims.vae_scale, w // self.dims.vae_scale)
         x = rng.standard_normal(shape) * np.sqrt(1.0 + sigmas[0] ** 2)  # float64 in σ-space
-        model = GuidedDenoiser(self.components.unet, cond, uncond, req.guidance, schedules.train_sigmas(self.scheduler),
-                               self.scheduler.get("prediction_type", "epsilon"))
+        model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler)
         x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
         latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
         timings["denoise_s"] = time.perf_counter() - t1
