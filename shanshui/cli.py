@@ -14,6 +14,7 @@ from shanshui.export.onnx_export import Precision
 from shanshui.runtime.backends import Backend, Device
 from shanshui.runtime.samplers import Sampler
 from shanshui.train.arch import Arch
+from shanshui.train.commands import app as train_app
 
 
 # typer >= 0.20 vendors click and raises its own exceptions under TyperException; older typer raises click's.
@@ -56,6 +57,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="shanshui: text-to-image Chinese landscape painting (山水画), from training to fast inference.",
 )
+
+
+app.add_typer(train_app, name="train")
 
 
 @app.command()
@@ -145,6 +149,33 @@ def generate(
         typer.echo(f"wrote {path}")
     t = result.timings
     typer.echo(f"{t['total_s']:.2f} s ({t['unet_calls']} U-Net calls, {result.params['backend']})", err=True)
+
+
+@app.command(name="eval")
+def eval_(
+    model: Path = typer.Argument(..., help="A diffusers folder (PyTorch) or an export folder (ONNX Runtime)."),
+    prompts: int = typer.Option(64, help="Held-out prompts to paint (half Chinese, half English)."),
+    steps: int = typer.Option(20, help="Sampling steps per image."),
+    guidance: float = typer.Option(5.0, help="Classifier-free guidance scale."),
+    grid: Optional[Path] = typer.Option(None, help="Save a 16-prompt sample grid (8 Chinese, 8 English) here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+):
+    """Score how well generated paintings follow their prompts, attribute by attribute."""
+    from shanshui.fsutil import write_json_atomic
+    from shanshui.train.evaluate import evaluate_model
+
+    report = evaluate_model(model, prompts=prompts, steps=steps, guidance=guidance, grid=grid,
+                            progress=lambda s: typer.echo(s, err=True))
+    typer.echo(f"{'attribute':12s} {'generated':>9s} {'ceiling':>8s} {'chance':>7s}  n")
+    for k, v in report["attribute_accuracy"].items():
+        typer.echo(f"{k:12s} {v:9.3f} {report['classifier_ceiling'][k]:8.3f} {report['chance'][k]:7.3f}  {report['attribute_support'][k]}")
+    if report["vae"]:
+        typer.echo(f"VAE reconstruction: PSNR {report['vae']['psnr_db']} dB, SSIM {report['vae']['ssim']}")
+    if json_out:
+        write_json_atomic(json_out, report)
+        typer.echo(f"wrote {json_out}")
+    if grid:
+        typer.echo(f"wrote {grid}")
 
 
 def main() -> None:

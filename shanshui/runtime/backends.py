@@ -68,11 +68,19 @@ class OrtComponents:
 
 
 class TorchComponents:
-    """PyTorch modules from a diffusers folder, on CPU or CUDA, fp32 (fp16/bf16 on CUDA)."""
+    """PyTorch modules (from a diffusers folder, or in memory during training), on CPU or CUDA."""
 
     name = "torch"
 
-    def __init__(self, root: Path, device: str = "auto", threads: int | None = None, dtype: str = "fp32"):
+    def __init__(self, text_encoder, unet, vae, device: str = "cpu"):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.te, self.un, self.vae = text_encoder, unet, vae
+        self.dtype = next(unet.parameters()).dtype
+
+    @classmethod
+    def from_folder(cls, root: Path, device: str = "auto", threads: int | None = None, dtype: str = "fp32") -> "TorchComponents":
         try:
             import diffusers
             import torch
@@ -85,22 +93,22 @@ class TorchComponents:
         quiet_hf()
         if device == "cuda" and not torch.cuda.is_available():
             raise ShanshuiError("no CUDA GPU is visible to PyTorch; use --device cpu")
-        self.device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
-        if threads and self.device == "cpu":
+        device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+        if threads and device == "cpu":
             torch.set_num_threads(int(threads))
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        if self.dtype != torch.float32 and self.device == "cpu":
+        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        if torch_dtype != torch.float32 and device == "cpu":
             raise ShanshuiError(f"{dtype} on the CPU is slower than fp32 in PyTorch; use fp32 there, or --device cuda")
         index = read_json(Path(root) / "model_index.json")
         te_cls = getattr(transformers, (index.get("text_encoder") or [None, "CLIPTextModel"])[1])
-        kw = dict(use_safetensors=True, torch_dtype=self.dtype)
+        kw = dict(use_safetensors=True, torch_dtype=torch_dtype)
         try:
-            self.te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(self.device).eval()
-            self.un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(self.device).eval()
-            self.vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(self.device).eval()
+            te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(device).eval()
+            un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(device).eval()
+            vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(device).eval()
         except (OSError, ValueError) as e:
             raise ShanshuiError(f"cannot load the PyTorch model from {root}: {str(e).splitlines()[0]}") from None
-        self.torch = torch
+        return cls(te, un, vae, device)
 
     def _run(self, fn, *arrays):
         torch = self.torch

@@ -101,10 +101,19 @@ class Pipeline:
             self.default_size = (res, res)
             self.scaling_factor = source.vae_scaling_factor
             self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.components = TorchComponents(root, device=device, threads=threads)
+            self.components = TorchComponents.from_folder(root, device=device, threads=threads)
         with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
             self.scheduler = json.load(f)
         self.load_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def from_parts(cls, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
+                   root: Path | None = None, backend: str = "torch") -> "Pipeline":
+        """A pipeline over components already in memory (e.g. the models being trained)."""
+        self = cls.__new__(cls)
+        self.components, self.tokenizer, self.scheduler, self.dims = components, tokenizer, scheduler, dims
+        self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
+        return self
 
     def validate(self, req: Request) -> tuple[int, int]:
         if not req.prompt or not req.prompt.strip():

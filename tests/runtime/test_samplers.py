@@ -25,7 +25,7 @@ CASES = [  # (our sampler, diffusers scheduler, scheduler settings)
 def torch_parts(tiny_model):
     from shanshui.runtime.backends import TorchComponents
 
-    parts = TorchComponents(tiny_model, device="cpu")
+    parts = TorchComponents.from_folder(tiny_model, device="cpu")
     rng = np.random.default_rng(1)
     cond = rng.standard_normal((1, 64, 256)).astype(np.float32)
     uncond = rng.standard_normal((1, 64, 256)).astype(np.float32)

@@ -1,0 +1,144 @@
+"""Shared training pieces: the image/caption dataset, EMA, warm-up + cosine learning rate, logging, Accelerate."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+
+
+@dataclass(frozen=True)
+class Example:
+    image: Path
+    captions: tuple[str, ...]  # every caption of the image (Chinese, English, …); one is drawn per step
+
+
+def read_examples(data: Path) -> list[Example]:
+    """Examples from an imagefolder (metadata.jsonl) or a folder of images with .txt caption sidecars."""
+    from shanshui.data.dataset import load_folder
+
+    out = []
+    for ex in load_folder(data):
+        caps = tuple(c for c in (getattr(ex, "text_zh", ""), getattr(ex, "text_en", ""), getattr(ex, "text", "")) if c)
+        out.append(Example(Path(ex.image_path), tuple(dict.fromkeys(caps))))
+    if not out:
+        raise ShanshuiError(f"no images found in {data}; render some with `shanshui data render {data}`")
+    return out
+
+
+def load_image(path: Path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: resized so the short side is `size`, centre-cropped."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = size / min(im.size)
+        if scale != 1:
+            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def to_tensor(images: np.ndarray):
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float32 in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `base`, then cosine decay to `floor`·base at `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warm-up of the decay: min(decay, (1+n)/(10+n))."""
+
+    def __init__(self, modules: dict, decay: float = 0.999):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {f"{m}.{k}": p.detach().clone().float() for m, mod in modules.items() for k, p in mod.named_parameters()}
+
+    def update(self, modules: dict) -> None:
+        import torch
+
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for m, mod in modules.items():
+                for k, p in mod.named_parameters():
+                    self.shadow[f"{m}.{k}"].lerp_(p.detach().float(), 1 - d)
+
+    def copy_to(self, modules: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            for m, mod in modules.items():
+                for k, p in mod.named_parameters():
+                    p.copy_(self.shadow[f"{m}.{k}"].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        import torch
+
+        return {**self.shadow, "__updates__": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state.pop("__updates__", 0))
+        for k, v in state.items():
+            if k in self.shadow:
+                self.shadow[k].copy_(v)
+
+
+class LossLog:
+    """Appends one JSON line per logged step to OUT/loss.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.perf_counter()
+
+    def write(self, step: int, **values) -> None:
+        row = {"step": step, "seconds": round(time.perf_counter() - self.t0, 1), **{k: round(float(v), 6) for k, v in values.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def make_accelerator(mixed_precision: str, seed: int):
+    """Accelerate handles devices, mixed precision and `accelerate launch` across GPUs; bf16/fp16 only on CUDA."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise ShanshuiError(f"mixed precision {mixed_precision!r} is not one of no, fp16, bf16")
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        mixed_precision = "no"  # CPU training stays fp32
+    acc = Accelerator(mixed_precision=mixed_precision)
+    set_seed(seed)
+    return acc
+
+
+def save_grid(images: list[np.ndarray], path: Path, cols: int = 4) -> Path:
+    """Tile (H, W, 3) uint8 images into one PNG, written atomically."""
+    from PIL import Image
+
+    from shanshui.fsutil import atomic_path
+
+    h, w = images[0].shape[:2]
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((rows * h, cols * w, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    return Path(path)

@@ -1,0 +1,202 @@
+"""`shanshui eval MODEL`: does a model paint what its prompt says?
+
+An attribute classifier (a small multi-head CNN) is trained on renders from one seed range and tested on renders
+from a held-out range: its accuracy there is the ceiling. Generated images for held-out prompts (captions of
+held-out scenes) are then scored attribute by attribute, only on the attributes each prompt mentions.
+Also reported: VAE reconstruction PSNR/SSIM on held-out renders, and a 16-prompt sample grid (8 Chinese, 8 English).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+
+CLS_SIZE = 64  # the classifier sees 64×64 thumbnails
+TRAIN_BASE, TEST_BASE, PROMPT_BASE = 910_001, 920_002, 930_003  # seed ranges no training set uses by default
+
+
+def attribute_classes() -> dict[str, tuple]:
+    """Attribute name → its classes, for the attributes captions can state."""
+    from shanshui.data import scene as S
+
+    return {"style": S.STYLES, "season": S.SEASONS, "time": S.TIMES, "water": S.WATERS, "mist": S.MISTS,
+            "building": S.BUILDINGS, "peak_shape": S.PEAK_SHAPES, "boat": (False, True), "pine": (False, True)}
+
+
+def labels_of(scene) -> dict[str, int]:
+    classes = attribute_classes()
+    values = {**scene.attributes(), "pine": "pine" in scene.tree_kinds}
+    return {k: classes[k].index(values[k]) for k in classes}
+
+
+def thumbnails(images: list[np.ndarray]) -> np.ndarray:
+    """(N, 3, 64, 64) float32 in [0, 1] from (H, W, 3) uint8 images of any size."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((CLS_SIZE, CLS_SIZE), Image.BILINEAR), np.float32).transpose(2, 0, 1) / 255
+                     for im in images])
+
+
+def _render_set(base: int, n: int, size: int):
+    from shanshui.data.render import render
+    from shanshui.data.scene import sample_scene, scene_seed
+
+    scenes = [sample_scene(scene_seed(base, i)) for i in range(n)]
+    return scenes, [render(s, size) for s in scenes]
+
+
+def build_classifier():
+    import torch
+    from torch import nn
+
+    classes = attribute_classes()
+
+    class AttributeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            def block(i, o):
+                return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+            self.features = nn.Sequential(block(3, 32), block(32, 64), block(64, 96), block(96, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.heads = nn.ModuleDict({k: nn.Linear(128, len(v)) for k, v in classes.items()})
+
+        def forward(self, x):  # (B, 3, 64, 64) → {attribute: (B, classes)}
+            f = self.features(x)
+            return {k: h(f) for k, h in self.heads.items()}
+
+    torch.manual_seed(0)
+    return AttributeNet()
+
+
+def predict(net, x: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        outs = [net(torch.from_numpy(x[i : i + 256])) for i in range(0, len(x), 256)]
+    return {k: np.concatenate([o[k].argmax(1).numpy() for o in outs]) for k in outs[0]}
+
+
+def train_classifier(n_train: int = 4000, n_test: int = 500, size: int = 256, epochs: int = 12,
+                     cache: Path | None = None, progress: Callable[[str], None] = lambda s: None):
+    """(classifier, per-attribute accuracy on held-out renders). Cached by renderer source + settings."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import shanshui.data.render as render_mod
+    import shanshui.data.scene as scene_mod
+
+    src = b"".join(Path(m.__file__).read_bytes() for m in (render_mod, scene_mod))
+    key = hashlib.sha256(src + f"{n_train},{n_test},{size},{epochs},{CLS_SIZE}".encode()).hexdigest()[:16]
+    cache = Path(cache or Path.home() / ".cache" / "shanshui") / f"attribute-classifier-{key}"
+    net = build_classifier()
+    test_scenes, test_images = _render_set(TEST_BASE, n_test, size)
+    x_test = thumbnails(test_images)
+    if (cache / "model.safetensors").is_file():
+        net.load_state_dict(load_file(str(cache / "model.safetensors")))
+    else:
+        progress(f"rendering {n_train} training paintings for the attribute classifier")
+        scenes, images = _render_set(TRAIN_BASE, n_train, size)
+        x = torch.from_numpy(thumbnails(images))
+        y = {k: torch.tensor([labels_of(s)[k] for s in scenes]) for k in attribute_classes()}
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        steps = epochs * (len(x) // 64)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+        for epoch in range(epochs):
+            progress(f"training the attribute classifier, epoch {epoch + 1}/{epochs}")
+            net.train()
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x) - 63, 64):
+                idx = perm[i : i + 64]
+                xb = x[idx]
+                flip = torch.rand(len(idx), generator=gen) < 0.5  # attributes are mirror-invariant
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                out = net(xb)
+                loss = sum(torch.nn.functional.cross_entropy(out[k], y[k][idx]) for k in out)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(cache / "model.safetensors"))
+    pred = predict(net, x_test)
+    acc = {k: float(np.mean(pred[k] == np.array([labels_of(s)[k] for s in test_scenes]))) for k in attribute_classes()}
+    return net, acc
+
+
+def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, int]]]:
+    """n (language, prompt, {mentioned attribute: class index}) from held-out scenes; half Chinese, half English."""
+    from shanshui.data.captions import caption_with_mentions
+    from shanshui.data.scene import sample_scene, scene_seed
+
+    out = []
+    for i in range(n):
+        scene = sample_scene(scene_seed(PROMPT_BASE, i))
+        lang = "zh" if i % 2 == 0 else "en"
+        text, mentioned = caption_with_mentions(scene, lang, np.random.default_rng(i))
+        labels = labels_of(scene)
+        keys = {m for m in mentioned if m in labels}
+        if "trees" in mentioned:  # a caption naming the trees says whether a pine is among them
+            keys.add("pine")
+        out.append((lang, text, {k: labels[k] for k in sorted(keys)}))
+    return out
+
+
+def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
+                   grid: Path | None = None, backend: str = "auto", progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid."""
+    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.train.common import save_grid
+
+    if prompts < 2:
+        raise ShanshuiError("eval needs at least 2 prompts")
+    pipe = Pipeline(model, backend=backend)
+    net, ceiling = train_classifier(progress=progress)
+    cases = held_out_prompts(prompts)
+    images = []
+    for i, (_, text, _) in enumerate(cases):
+        progress(f"painting held-out prompt {i + 1}/{len(cases)}")
+        images.append(pipe(Request(text, steps=steps, guidance=guidance, seed=i, sampler=sampler)).images[0])
+    pred = predict(net, thumbnails(images))
+    hits: dict[str, list[bool]] = {}
+    for i, (_, _, labels) in enumerate(cases):
+        for k, v in labels.items():
+            hits.setdefault(k, []).append(bool(pred[k][i] == v))
+    report = {
+        "model": str(model),
+        "prompts": len(cases), "steps": steps, "guidance": guidance, "sampler": sampler,
+        "attribute_accuracy": {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())},
+        "attribute_support": {k: len(v) for k, v in sorted(hits.items())},
+        "chance": {k: round(1 / len(c), 3) for k, c in attribute_classes().items()},
+        "classifier_ceiling": {k: round(v, 3) for k, v in ceiling.items()},
+    }
+    report["mean_accuracy"] = round(float(np.mean(list(report["attribute_accuracy"].values()))), 3)
+    report["vae"] = vae_reconstruction(pipe)
+    if grid is not None:
+        zh = [im for (lang, _, _), im in zip(cases, images) if lang == "zh"][:8]
+        en = [im for (lang, _, _), im in zip(cases, images) if lang == "en"][:8]
+        save_grid(zh + en, grid, cols=8)
+        report["grid"] = str(grid)
+        report["grid_prompts"] = [t for lang, t, _ in cases if lang == "zh"][:8] + [t for lang, t, _ in cases if lang == "en"][:8]
+    return report
+
+
+def vae_reconstruction(pipe, n: int = 32) -> dict | None:
+    """PSNR/SSIM of the model's VAE on held-out renders (needs the PyTorch VAE: diffusers folders only)."""
+    from shanshui.metrics import psnr, ssim
+
+    vae = getattr(pipe.components, "vae", None)
+    if vae is None:
+        return None
+    from shanshui.train.vae import reconstruct
+
+    _, images = _render_set(TEST_BASE, n, pipe.default_size[0])
+    rec = reconstruct(vae, np.stack(images), pipe.components.device)
+    return {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(images, rec)])), 2),
+            "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(images, rec)])), 4), "images": n}

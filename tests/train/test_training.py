@@ -1,0 +1,137 @@
+"""Training on CPU with tiny configs: losses fall on a fixed batch, runs resume, checkpoints are safetensors only."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shanshui.errors import ShanshuiError
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """12 small paintings-like images (smooth gradients with blobs) in the imagefolder convention."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    with open(root / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for i in range(12):
+            base = 200 - 80 * yy[..., None] * rng.uniform(0.5, 1.0, 3)
+            cy, cx = rng.uniform(0.2, 0.8, 2)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)[..., None] * rng.uniform(-120, -40, 3)
+            Image.fromarray(np.clip(base + blob, 0, 255).astype(np.uint8)).save(root / f"{i:04d}.png")
+            f.write(json.dumps({"file_name": f"{i:04d}.png", "text_zh": "青山" if i % 2 else "松树", "text_en": "mountain"}) + "\n")
+    return root
+
+
+def test_vae_loss_falls_on_a_fixed_batch():
+    import torch
+
+    from shanshui.train.arch import build_components
+    from shanshui.train.vae import vae_loss
+
+    _, _, vae, _ = build_components("tiny", seed=0)
+    torch.manual_seed(0)
+    batch = torch.rand(2, 3, 32, 32) * 2 - 1
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(1)  # the same posterior sample every step
+        loss, _ = vae_loss(vae, batch, 1e-6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 6, losses  # falling at (nearly) every step
+
+
+def test_diffusion_loss_falls_on_a_fixed_batch():
+    import torch
+
+    from shanshui.train.arch import build_components
+    from shanshui.train.unet import diffusion_loss
+
+    te, unet, _, sched = build_components("tiny", seed=0)
+    te.train(), unet.train()
+    torch.manual_seed(0)
+    lat = torch.randn(2, 4, 8, 8)
+    noise = torch.randn(2, 4, 8, 8)
+    ids = torch.randint(0, 600, (2, 64))
+    t = torch.tensor([100, 700])
+    ac = torch.tensor(np.cumprod(1 - sched.betas.numpy()), dtype=torch.float32)
+    opt = torch.optim.AdamW(list(te.parameters()) + list(unet.parameters()), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = diffusion_loss(te, unet, lat, ids, noise, t, ac)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_vae_training_runs_and_resumes(image_folder, tmp_path):
+    from shanshui.train.vae import VaeConfig, train_vae
+
+    out = tmp_path / "vae"
+    cfg = VaeConfig(size=64, crop=32, batch=2, steps=4, warmup=1, held_out=4, checkpoint_every=2)
+    train_vae(image_folder, out, cfg)
+    assert (out / "checkpoints" / "step-000004" / "vae.safetensors").is_file()
+    cfg.steps = 6
+    report = train_vae(image_folder, out, cfg)
+    steps = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert steps == [0, 3, 4, 5], steps  # the second run started at step 4
+    assert json.loads((out / "config.json").read_text())["scaling_factor"] == report["scaling_factor"]
+    assert np.isfinite(report["held_out_psnr_db"]) and 0 < report["held_out_ssim"] <= 1
+
+
+def test_unet_training_writes_a_pipeline(image_folder, tmp_path):
+    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.train.unet import UnetConfig, train_unet
+    from shanshui.train.vae import VaeConfig, train_vae
+
+    vae_dir = tmp_path / "vae"
+    train_vae(image_folder, vae_dir, VaeConfig(size=64, crop=32, batch=2, steps=2, warmup=1, held_out=4))
+    out = tmp_path / "model"
+    cfg = UnetConfig(size=64, batch=2, steps=3, warmup=1, checkpoint_every=2, sample_every=3, sample_steps=2)
+    summary = train_unet(image_folder, out, vae_dir, cfg)
+    assert summary["steps"] == 3 and (out / "samples" / "step-000003.png").is_file()
+    assert (out / "checkpoints" / "step-000003" / "ema.safetensors").is_file()
+    losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(losses))
+    result = Pipeline(out, backend="torch", device="cpu")(Request("青山", steps=2, height=64, width=64))
+    assert result.images[0].shape == (64, 64, 3)
+    tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
+    assert "青" in tok["model"]["vocab"] and "松" in tok["model"]["vocab"]  # the vocabulary of the captions
+
+
+def test_resume_refuses_corrupt_and_pickle_checkpoints(tmp_path):
+    import torch
+
+    from shanshui.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ckpt = save_checkpoint(tmp_path / "ck", 7, {"m": model}, opt)
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters())
+    assert load_checkpoint(ckpt, {"m": fresh}, fresh_opt)["step"] == 7
+    assert torch.equal(fresh.weight, model.weight)
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+    (ckpt / "m.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ShanshuiError, match="corrupt"):
+        load_checkpoint(ckpt, {"m": fresh}, fresh_opt)
+    (ckpt / "m.safetensors").unlink()
+    (ckpt / "m.pt").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ShanshuiError, match="pickle"):
+        load_checkpoint(ckpt, {"m": fresh}, fresh_opt)
+    with pytest.raises(ShanshuiError, match="pickle"):
+        load_checkpoint(ckpt / "m.pt", {"m": fresh}, fresh_opt)
