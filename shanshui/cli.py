@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from shanshui.data.commands import app as data_app
 from shanshui.errors import ShanshuiError
 from shanshui.export.onnx_export import Precision
 from shanshui.runtime.backends import Backend, Device
@@ -59,6 +60,7 @@ app = typer.Typer(
 )
 
 
+app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 
 
