@@ -25,7 +25,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.export.contract import ComponentSpec, ShapeSettings, components, parity_error
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
-from shanshui.export.source import SourceModel, open_source, read_json
+from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
 from shanshui.fsutil import umask, write_json_atomic
 
 OPSET = 17
@@ -229,8 +229,7 @@ def export_model(
         raise ShanshuiError(f"precision {precision!r} is not available yet; use fp32")
     source = open_source(model_dir)
     _require_torch()
-    res = read_json(source.root / "vae" / "config.json").get("sample_size", 512)
-    res = int(res[0] if isinstance(res, list) else res)
+    res = model_resolution(source.root)
     h, w = height or res, width or res
     shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
     shapes.check(source.dims)

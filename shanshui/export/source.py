@@ -25,6 +25,12 @@ def read_json(path: Path) -> dict:
         raise ShanshuiError(f"{path} is not valid JSON ({e.__class__.__name__}); re-create the model folder") from None
 
 
+def model_resolution(root: Path) -> int:
+    """The image size a diffusers folder was made for: its VAE's sample_size."""
+    res = read_json(Path(root) / "vae" / "config.json").get("sample_size", 512)
+    return int(res[0] if isinstance(res, (list, tuple)) else res)
+
+
 @dataclass(frozen=True)
 class SourceModel:
     root: Path

@@ -92,12 +92,11 @@ class Pipeline:
             self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
             self.components = OrtComponents(exported, device=device, threads=threads)
         else:
-            from shanshui.export.source import open_source, read_json
+            from shanshui.export.source import model_resolution, open_source
 
             source = open_source(root)
             self.dims = source.dims
-            res = read_json(root / "vae" / "config.json").get("sample_size", 512)
-            res = int(res[0] if isinstance(res, list) else res)
+            res = model_resolution(root)
             self.default_size = (res, res)
             self.scaling_factor = source.vae_scaling_factor
             self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)

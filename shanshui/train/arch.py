@@ -78,6 +78,15 @@ MODEL_INDEX = {
 }
 
 
+def write_model_index(folder: Path) -> None:
+    """model_index.json of a StableDiffusionPipeline with our component classes."""
+    import diffusers
+
+    index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": diffusers.__version__}
+    index.update({k: v for k, v in MODEL_INDEX.items() if k != "_class_name"})
+    (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
 def build_components(arch: str, seed: int = 0):
     """(text_encoder, unet, vae, scheduler) with random weights for `arch`, in fp32."""
     import torch
@@ -116,8 +125,6 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
 
     quiet_hf()
-    import diffusers
-
     spec = ARCHS[arch]
     text_encoder, unet, vae, scheduler = build_components(arch, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,9 +135,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
         save_tokenizer(build_tokenizer(spec["text_len"]), tmp / "tokenizer", spec["text_len"])
-        index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": diffusers.__version__}
-        index.update({k: v for k, v in MODEL_INDEX.items() if k != "_class_name"})
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_model_index(tmp)
         summary = {
             "arch": arch,
             "seed": seed,

@@ -25,8 +25,8 @@ def read_examples(data: Path) -> list[Example]:
 
     out = []
     for ex in load_folder(data):
-        caps = tuple(c for c in (getattr(ex, "text_zh", ""), getattr(ex, "text_en", ""), getattr(ex, "text", "")) if c)
-        out.append(Example(Path(ex.image_path), tuple(dict.fromkeys(caps))))
+        caps = tuple(dict.fromkeys(c for c in (ex.text_zh, ex.text_en, ex.text) if c))
+        out.append(Example(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
     if not out:
         raise ShanshuiError(f"no images found in {data}; render some with `shanshui data render {data}`")
     return out

@@ -60,8 +60,8 @@ def encode_latents(vae, paths: list[Path], size: int, device, batch: int = 32, p
         for i in range(0, len(paths), batch):
             x = to_tensor(np.stack([load_image(p, size) for p in paths[i : i + batch]])).to(device)
             d = vae.encode(x).latent_dist
-            means.append(d.mean.half().cpu())
-            stds.append(d.std.half().cpu())
+            means.append(d.mean.half().cpu().contiguous())  # (b, C, h, w)
+            stds.append(d.std.half().cpu().contiguous())
             if progress:
                 progress(min(i + batch, len(paths)), len(paths))
     return torch.cat(means), torch.cat(stds)
@@ -108,7 +108,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     import torch
     from diffusers import AutoencoderKL
 
-    from shanshui.train.arch import MODEL_INDEX, build_components, count_parameters
+    from shanshui.train.arch import build_components, count_parameters, write_model_index
     from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator, read_examples
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
@@ -170,7 +170,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update({"text_encoder": acc.unwrap_model(text_encoder), "unet": acc.unwrap_model(unet)})
-        if step % 20 == 0 or step == cfg.steps - 1:
+        if step % 20 == 0 or step in (start, cfg.steps - 1):
             log.write(step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         if progress:
             progress("training", step + 1, cfg.steps, float(loss.item()))
@@ -191,11 +191,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         unet_final.eval().save_pretrained(out / "unet", safe_serialization=True)
         vae.save_pretrained(out / "vae", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
-        import diffusers
-
-        index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": diffusers.__version__}
-        index.update({k: v for k, v in MODEL_INDEX.items() if k != "_class_name"})
-        (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        write_model_index(out)
         (out / "shanshui.json").write_text(json.dumps({"arch": cfg.arch, "resolution": cfg.size, **summary}, indent=2) + "\n", encoding="utf-8")
         if (vae_dir / "report.json").is_file():
             shutil.copy2(vae_dir / "report.json", out / "vae_report.json")

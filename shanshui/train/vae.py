@@ -124,7 +124,7 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
         acc.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 20 == 0 or step == cfg.steps - 1:
+        if step % 20 == 0 or step in (start, cfg.steps - 1):
             log.write(step, loss=loss.item(), **parts, lr=opt.param_groups[0]["lr"])
         if progress:
             progress(step + 1, cfg.steps, float(loss.item()))
