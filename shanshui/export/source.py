@@ -26,7 +26,10 @@ def read_json(path: Path) -> dict:
 
 
 def model_resolution(root: Path) -> int:
-    """The image size a diffusers folder was made for: its VAE's sample_size."""
+    """The image size a diffusers folder was trained for: shanshui.json's resolution, else its VAE's sample_size."""
+    meta = Path(root) / "shanshui.json"
+    if meta.is_file() and int(read_json(meta).get("resolution", 0) or 0) > 0:
+        return int(read_json(meta)["resolution"])
     res = read_json(Path(root) / "vae" / "config.json").get("sample_size", 512)
     return int(res[0] if isinstance(res, (list, tuple)) else res)
 

@@ -161,7 +161,8 @@ def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, set[int]]]]:
 
 
 def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
-                   grid: Path | None = None, backend: str = "auto", progress: Callable[[str], None] = lambda s: None) -> dict:
+                   grid: Path | None = None, backend: str = "auto", progress: Callable[[str], None] = lambda s: None,
+                   classifier: dict | None = None) -> dict:
     """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid."""
     from shanshui.runtime.pipeline import Pipeline, Request
     from shanshui.train.common import save_grid
@@ -169,7 +170,7 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
     if prompts < 2:
         raise ShanshuiError("eval needs at least 2 prompts")
     pipe = Pipeline(model, backend=backend)
-    net, ceiling = train_classifier(progress=progress)
+    net, ceiling = train_classifier(progress=progress, **(classifier or {}))
     cases = held_out_prompts(prompts)
     images = []
     for i, (_, text, _) in enumerate(cases):

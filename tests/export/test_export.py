@@ -168,3 +168,16 @@ def test_foreign_sd_folder_with_clip_tokenizer(tmp_path):
 
     result = Pipeline(out)(Request("a quiet lake", steps=3, height=32, width=32))
     assert result.images[0].shape == (32, 32, 3)
+
+
+def test_trained_resolution_is_the_default_size(tiny_model, tmp_path):
+    import shutil
+
+    from shanshui.export.source import model_resolution
+
+    assert model_resolution(tiny_model) == 256
+    src = tmp_path / "m"
+    shutil.copytree(tiny_model, src)
+    meta = json.loads((src / "shanshui.json").read_text())
+    (src / "shanshui.json").write_text(json.dumps({**meta, "resolution": 128}))
+    assert model_resolution(src) == 128
