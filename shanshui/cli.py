@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
 from typing import Optional
@@ -89,8 +90,9 @@ def export(
     height: Optional[int] = typer.Option(None, help="Image height the graphs are optimised and checked for (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width the graphs are optimised and checked for (default: the model's)."),
     max_batch: int = typer.Option(4, help="Largest number of images per call in the shape profiles."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the image quality gate of lower precisions."),
 ):
-    """Export text encoder, U-Net and VAE decoder to ONNX, each checked against PyTorch."""
+    """Export text encoder, U-Net and VAE decoder to ONNX, each checked against PyTorch (and fp16 against fp32)."""
     from shanshui.export.onnx_export import export_model
     from shanshui.models import default_source_path
 
@@ -101,13 +103,42 @@ def export(
     events = {"skip": "unchanged, kept", "export": "exporting and checking against PyTorch…", "done": "done"}
     manifest = export_model(
         model_dir, out_dir, precision=precision.value, height=height, width=width, max_batch=max_batch,
-        on_event=lambda comp, what: typer.echo(f"  {comp}: {events.get(what, what)}", err=True),
+        on_event=lambda comp, what: typer.echo(f"  {comp}: {events.get(what, what)}", err=True), check=not no_check,
     )
+    _print_export(manifest)
+
+
+def _print_export(manifest: dict) -> None:
     for name, entry in manifest["components"].items():
         worst = max(entry["parity"], key=lambda p: p["max_abs_error"] / p["allowed"])
         size = sum(entry["files"].values()) / 1e6
-        typer.echo(f"  {name:13s} {size:9.1f} MB   max |onnx - torch| {worst['max_abs_error']:.2e} (allowed {worst['allowed']:.1e})")
+        prec = manifest.get("quantization", {}).get(name, {}).get("precision", manifest["precision"])
+        typer.echo(f"  {name:13s} {prec:5s} {size:9.1f} MB   fp32 max |onnx - torch| {worst['max_abs_error']:.2e} "
+                   f"(allowed {worst['allowed']:.1e})")
+    gate = manifest.get("gate")
+    if gate:
+        typer.echo(f"  quality gate vs fp32: worst PSNR {gate['worst']['psnr_db']} dB, SSIM {gate['worst']['ssim']} "
+                   f"(floors {gate['floors']}); U-Net step SNR {min(gate['unet_step_snr_db'])}–{max(gate['unet_step_snr_db'])} dB")
     typer.echo(f"wrote {manifest['out_dir']}")
+
+
+class QuantizePrecision(str, enum.Enum):
+    fp16 = "fp16"
+
+
+@app.command()
+def quantize(
+    in_dir: Path = typer.Argument(..., help="An fp32 export folder (from `shanshui export`)."),
+    out_dir: Path = typer.Argument(..., help="Output folder for the lower-precision export."),
+    precision: QuantizePrecision = typer.Option(QuantizePrecision.fp16, help="Target precision."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the image quality gate against fp32."),
+):
+    """Convert an fp32 export to a lower precision, gated on image quality against fp32."""
+    from shanshui.quantize import quantize_export
+
+    manifest = quantize_export(in_dir, out_dir, precision.value, check=not no_check,
+                               on_event=lambda comp, what: typer.echo(f"  {comp}: {what}", err=True))
+    _print_export(manifest)
 
 
 @app.command()

@@ -85,3 +85,12 @@ def test_bad_init_input(tmp_path, tiny_model):
 def test_export_refuses_unknown_precision_and_bad_size(tiny_model, tmp_path):
     assert_one_line_error(run("export", tiny_model, tmp_path / "o", "--precision", "int4"), "'int4' is not one of")
     assert_one_line_error(run("export", tiny_model, tmp_path / "o", "--height", "250"), "multiple of 32")
+
+
+def test_quantize_command(tiny_export, tmp_path):
+    out = tmp_path / "fp16"
+    r = run("quantize", tiny_export, out, "--precision", "fp16", "--no-check")
+    assert r.exit_code == 0, r.output
+    assert "unet          fp16" in r.output and f"wrote {out}" in r.output
+    assert_one_line_error(run("quantize", tiny_export, tmp_path / "o2", "--precision", "int3"), "'int3' is not one of")
+    assert_one_line_error(run("quantize", tmp_path / "nope", tmp_path / "o3"), "not a shanshui export")

@@ -35,6 +35,7 @@ SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": 
 
 class Precision(str, enum.Enum):
     fp32 = "fp32"
+    fp16 = "fp16"
 
 
 def _require_torch():
@@ -223,10 +224,20 @@ def export_model(
     width: int | None = None,
     max_batch: int = 4,
     on_event: Callable[[str, str], None] = lambda component, what: None,
+    check: bool = True,
 ) -> dict:
-    """Export (or reuse) every component; returns the manifest. `on_event(component, 'skip'|'export'|'done')`."""
+    """Export (or reuse) every component; returns the manifest. `on_event(component, 'skip'|'export'|'done')`.
+
+    Lower precisions are made from an fp32 export kept in OUT/.fp32 (the quality gate's reference).
+    """
+    if precision not in {p.value for p in Precision}:
+        raise ShanshuiError(f"precision {precision!r} is not available; choose one of {', '.join(p.value for p in Precision)}")
     if precision != Precision.fp32.value:
-        raise ShanshuiError(f"precision {precision!r} is not available yet; use fp32")
+        from shanshui.quantize import quantize_export
+
+        out = Path(out_dir) if out_dir is not None else default_out_dir(Path(model_dir), precision)
+        export_model(model_dir, out / ".fp32", "fp32", height, width, max_batch, on_event)
+        return quantize_export(out / ".fp32", out, precision, check=check, on_event=on_event)
     source = open_source(model_dir)
     _require_torch()
     res = model_resolution(source.root)

@@ -1,0 +1,100 @@
+"""`shanshui quantize IN OUT --precision fp16`: a lower-precision copy of an fp32 export, gated against it.
+
+The candidate is built in a hidden folder inside OUT, checked (finite outputs per component, then the image
+quality gate), and only then moved into place with its manifest written last. A failed gate leaves OUT as it was.
+int8 (calibrated static QDQ) arrives next; its floors are already in gate.FLOORS.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from shanshui.errors import ShanshuiError
+
+PRECISIONS = ("fp16",)
+FP16_VERSION = 1  # bump when the conversion changes, so old outputs are rebuilt
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    for sub in ("scheduler", "tokenizer"):
+        shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
+    shutil.copy2(src / "model_index.json", dst / "model_index.json")
+
+
+def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool = True,
+                    on_event: Callable[[str, str], None] = lambda c, e: None) -> dict:
+    """Convert the fp32 export at `src` to `precision` into `out`; returns the new manifest."""
+    from shanshui.export.contract import components
+    from shanshui.export.manifest import MANIFEST, open_exported, read_manifest
+    from shanshui.fsutil import umask, write_json_atomic
+    from shanshui.quantize.fp16 import FP16_BLOCK_OPS, convert_fp16, outputs_finite
+    from shanshui.quantize.gate import check_quality, enforce
+
+    if precision not in PRECISIONS:
+        raise ShanshuiError(f"precision {precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
+    src, out = Path(src), Path(out)
+    source = open_exported(src)
+    if source.manifest["precision"] != "fp32":
+        raise ShanshuiError(f"{src} is a {source.manifest['precision']} export; quantize from an fp32 export")
+    if out.resolve() == src.resolve():
+        raise ShanshuiError("IN and OUT are the same folder; choose a new OUT")
+    key = {"precision": precision, "version": FP16_VERSION, "check": check, "block_ops": list(FP16_BLOCK_OPS),
+           "source": {c: e["key"] for c, e in source.manifest["components"].items()}}
+    old = read_manifest(out) if out.is_dir() else None
+    if old and old.get("quantize_key") == key and all((out / c / f).is_file() for c, e in old["components"].items() for f in e["files"]):
+        for c in old["components"]:
+            on_event(c, "skip")
+        return {**old, "out_dir": str(out)}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
+
+    manifest = copy.deepcopy(source.manifest)
+    manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
+    tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
+    try:
+        _copy_side_files(src, tmp)
+        specs = components(source.dims)
+        values = {k: v[1] for k, v in source.shapes.dim_ranges(source.dims).items()}
+        for name, entry in manifest["components"].items():
+            on_event(name, f"converting to {precision}")
+            (tmp / name).mkdir(exist_ok=True)
+            shutil.copy2(src / name / "config.json", tmp / name / "config.json")
+            files = convert_fp16(src / entry["file"], tmp / entry["file"])
+            info = {"precision": precision, "fp32_ops": list(FP16_BLOCK_OPS)}
+            if not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
+                for f in files:
+                    (tmp / name / f).unlink()
+                files = list(source.manifest["components"][name]["files"])
+                for f in files:
+                    shutil.copy2(src / name / f, tmp / name / f)
+                info = {"precision": "fp32", "reason": f"{precision} outputs overflowed (inf/nan); kept fp32"}
+                on_event(name, info["reason"])
+            entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
+            manifest["quantization"][name] = info
+        manifest["files_bytes"] = {n: sum(e["files"].values()) for n, e in manifest["components"].items()}
+        write_json_atomic(tmp / MANIFEST, manifest)  # the candidate is a loadable export from here on
+        if check:
+            on_event("*", "checking image quality against fp32")
+            manifest["gate"] = check_quality(src, tmp, precision)
+            enforce(manifest["gate"])
+        (out / MANIFEST).unlink(missing_ok=True)  # OUT is incomplete until the new manifest lands
+        for name, entry in manifest["components"].items():  # drop files of an older export the new one lacks
+            for stale in (out / name).glob("model.onnx*") if (out / name).is_dir() else ():
+                if stale.name not in entry["files"]:
+                    stale.unlink()
+        for path in sorted(tmp.rglob("*"), key=lambda p: (p.name == "model.onnx", str(p))):  # model.onnx last
+            if path.is_file() and path.name != MANIFEST:
+                dest = out / path.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                path.chmod(0o666 & ~umask())
+                path.replace(dest)
+        write_json_atomic(out / MANIFEST, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**manifest, "out_dir": str(out)}

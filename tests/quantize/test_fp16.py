@@ -1,0 +1,117 @@
+"""fp16 conversion and the quality gate on the tiny random model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shanshui.errors import ShanshuiError
+from shanshui.export.manifest import MANIFEST
+from shanshui.quantize import quantize_export
+
+
+@pytest.fixture(autouse=True)
+def small_gate(monkeypatch):
+    """Two gate images instead of eight, to keep the suite quick; the floors are the real ones."""
+    import shanshui.quantize.gate as gate
+
+    monkeypatch.setattr(gate, "GATE_PROMPTS", ("一棵青松，青山环绕，云雾缭绕", "a quiet lake"))
+    monkeypatch.setattr(gate, "GATE_SEEDS", (0,))
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tiny_export, tmp_path_factory):
+    import shanshui.quantize.gate as gate
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(gate, "GATE_PROMPTS", ("一棵青松，青山环绕，云雾缭绕", "a quiet lake"))
+    mp.setattr(gate, "GATE_SEEDS", (0,))
+    out = tmp_path_factory.mktemp("q") / "fp16"
+    quantize_export(tiny_export, out, "fp16")
+    mp.undo()
+    return out
+
+
+def test_fp16_keeps_float32_io_and_sensitive_ops(fp16_export, tiny_export):
+    import onnx
+
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        model = onnx.load(str(fp16_export / comp / "model.onnx"))
+        float_io = [v for v in list(model.graph.input) + list(model.graph.output) if v.name != "input_ids"]
+        assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in float_io), comp
+        kinds = {i.data_type for i in model.graph.initializer if len(i.dims) >= 2}
+        assert kinds == {onnx.TensorProto.FLOAT16}, (comp, kinds)  # every weight matrix/kernel is fp16
+        producers = {o: n for n in model.graph.node for o in n.output}
+        for node in model.graph.node:
+            if node.op_type == "Softmax":  # computed in fp32: fed by a Cast to float
+                src = producers[node.input[0]]
+                assert src.op_type == "Cast" and [a.i for a in src.attribute if a.name == "to"] == [onnx.TensorProto.FLOAT]
+        size16 = (fp16_export / comp / "model.onnx").stat().st_size
+        size32 = (tiny_export / comp / "model.onnx").stat().st_size
+        assert size16 < 0.6 * size32
+
+
+def test_gate_report_and_manifest(fp16_export):
+    m = json.loads((fp16_export / MANIFEST).read_text())
+    assert m["precision"] == "fp16" and m["gate"]["passed"]
+    assert m["gate"]["worst"]["psnr_db"] >= 35.0 and len(m["gate"]["images"]) == 2
+    assert len(m["gate"]["unet_step_snr_db"]) == m["gate"]["steps"]
+    assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder"))
+    assert m["files_bytes"]["unet"] == sum(m["components"]["unet"]["files"].values())
+    assert not list(fp16_export.glob(".candidate-*"))
+
+
+def test_fp16_generates_like_fp32(fp16_export, tiny_export):
+    from shanshui.metrics import psnr
+    from shanshui.runtime.pipeline import Pipeline, Request
+
+    req = Request("青绿山水，瀑布", steps=4, seed=9)
+    assert psnr(Pipeline(fp16_export)(req).images[0], Pipeline(tiny_export)(req).images[0]) >= 35
+
+
+def test_gate_fails_a_broken_model_and_writes_nothing(tiny_export, tmp_path, monkeypatch):
+    """A conversion that damages the U-Net weights must fail the gate, leaving OUT without a model."""
+    import onnx
+    from onnx import numpy_helper
+
+    from shanshui.quantize import fp16
+
+    real = fp16.convert_fp16
+
+    def broken(src, dst, *a, **k):
+        files = real(src, dst, *a, **k)
+        if "unet" in str(dst):
+            model = onnx.load(str(dst))
+            for init in model.graph.initializer:
+                if len(init.dims) == 4:  # every conv kernel, scrambled
+                    w = numpy_helper.to_array(init)
+                    init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).permutation(w.ravel()).reshape(w.shape), init.name))
+            onnx.save(model, str(dst))
+        return files
+
+    monkeypatch.setattr(fp16, "convert_fp16", broken)
+    out = tmp_path / "bad"
+    with pytest.raises(ShanshuiError, match="fails the quality gate"):
+        quantize_export(tiny_export, out, "fp16")
+    assert not (out / MANIFEST).exists() and not (out / "unet" / "model.onnx").exists()
+    assert not list(out.glob(".candidate-*"))
+
+
+def test_overflowing_component_falls_back_to_fp32(tiny_export, tmp_path, monkeypatch):
+    from shanshui.quantize import fp16
+
+    real = fp16.outputs_finite
+    monkeypatch.setattr(fp16, "outputs_finite", lambda path, feeds: "vae_decoder" not in str(path) and real(path, feeds))
+    m = quantize_export(tiny_export, tmp_path / "q", "fp16", check=False)
+    assert m["quantization"]["vae_decoder"]["precision"] == "fp32" and "overflowed" in m["quantization"]["vae_decoder"]["reason"]
+    assert m["quantization"]["unet"]["precision"] == "fp16"
+    assert (tmp_path / "q" / "vae_decoder" / "model.onnx").stat().st_size == (tiny_export / "vae_decoder" / "model.onnx").stat().st_size
+
+
+def test_quantize_refuses_bad_input(tiny_export, tmp_path):
+    with pytest.raises(ShanshuiError, match="same folder"):
+        quantize_export(tiny_export, tiny_export, "fp16")
+    with pytest.raises(ShanshuiError, match="not available"):
+        quantize_export(tiny_export, tmp_path / "x", "int4")
+    with pytest.raises(ShanshuiError, match="not a shanshui export"):
+        quantize_export(tmp_path, tmp_path / "y", "fp16")
