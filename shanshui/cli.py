@@ -124,6 +124,7 @@ def _print_export(manifest: dict) -> None:
 
 class QuantizePrecision(str, enum.Enum):
     fp16 = "fp16"
+    int8 = "int8"
 
 
 @app.command()

@@ -36,6 +36,7 @@ SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": 
 class Precision(str, enum.Enum):
     fp32 = "fp32"
     fp16 = "fp16"
+    int8 = "int8"
 
 
 def _require_torch():

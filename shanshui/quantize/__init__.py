@@ -2,7 +2,7 @@
 
 The candidate is built in a hidden folder inside OUT, checked (finite outputs per component, then the image
 quality gate), and only then moved into place with its manifest written last. A failed gate leaves OUT as it was.
-int8 (calibrated static QDQ) arrives next; its floors are already in gate.FLOORS.
+int8 quantizes the U-Net (calibrated static QDQ, see int8.py); text encoder and VAE decoder stay fp32 there.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from typing import Callable
 
 from shanshui.errors import ShanshuiError
 
-PRECISIONS = ("fp16",)
-FP16_VERSION = 1  # bump when the conversion changes, so old outputs are rebuilt
+PRECISIONS = ("fp16", "int8")
+FP16_VERSION = 1  # bump when a conversion changes, so old outputs are rebuilt
+# Calibration prompts (distinct from the gate's), painted with the fp32 export to record real U-Net inputs.
+CALIBRATION_PROMPTS = (
+    "水墨山水，远山如黛，江上渔舟", "a pine on a cliff above a misty river", "秋山红叶，夕阳西下，凉亭",
+    "blue-green mountains with a pagoda at dawn", "冬日雪景，枯树寒林", "a lake under the moon, a small boat",
+)
+CALIBRATION_SEEDS = (0,)
+CALIBRATION_STEPS = 10
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -43,6 +50,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     if out.resolve() == src.resolve():
         raise ShanshuiError("IN and OUT are the same folder; choose a new OUT")
     key = {"precision": precision, "version": FP16_VERSION, "check": check, "block_ops": list(FP16_BLOCK_OPS),
+           "calibration": [list(CALIBRATION_PROMPTS), list(CALIBRATION_SEEDS), CALIBRATION_STEPS],
            "source": {c: e["key"] for c, e in source.manifest["components"].items()}}
     old = read_manifest(out) if out.is_dir() else None
     if old and old.get("quantize_key") == key and all((out / c / f).is_file() for c, e in old["components"].items() for f in e["files"]):
@@ -62,9 +70,14 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         specs = components(source.dims)
         values = {k: v[1] for k, v in source.shapes.dim_ranges(source.dims).items()}
         for name, entry in manifest["components"].items():
-            on_event(name, f"converting to {precision}")
             (tmp / name).mkdir(exist_ok=True)
             shutil.copy2(src / name / "config.json", tmp / name / "config.json")
+            if precision == "int8":
+                files, info = _int8_component(src, tmp, name, entry, on_event)
+                entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
+                manifest["quantization"][name] = info
+                continue
+            on_event(name, f"converting to {precision}")
             files = convert_fp16(src / entry["file"], tmp / entry["file"])
             info = {"precision": precision, "fp32_ops": list(FP16_BLOCK_OPS)}
             if not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
@@ -98,3 +111,19 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**manifest, "out_dir": str(out)}
+
+
+def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> tuple[list[str], dict]:
+    """int8 QDQ for the U-Net; the other components are copied as fp32 (not yet measured to gain from int8)."""
+    from shanshui.quantize.int8 import quantize_unet_int8, record_calibration
+
+    if name != "unet":
+        files = list(entry["files"])
+        for f in files:
+            shutil.copy2(src / name / f, tmp / name / f)
+        return files, {"precision": "fp32", "reason": "int8 applies to the U-Net; this component stays fp32"}
+    on_event(name, f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
+    feeds = record_calibration(src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS)
+    on_event(name, "quantizing to int8 and measuring every layer's error")
+    info = quantize_unet_int8(src / entry["file"], tmp / entry["file"], feeds)
+    return [Path(entry["file"]).name], {"precision": "int8", **info}

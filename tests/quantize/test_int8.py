@@ -1,0 +1,64 @@
+"""int8 QDQ on the tiny random model: where Q/DQ nodes go, deterministic calibration, measured exclusions, the gate."""
+
+import json
+
+import pytest
+
+from shanshui.export.manifest import MANIFEST
+from shanshui.quantize import quantize_export
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_export, tmp_path_factory):
+    import shanshui.quantize as q
+    import shanshui.quantize.gate as gate
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(q, "CALIBRATION_PROMPTS", ("水墨山水，江上渔舟", "a pine above a misty river"))
+    mp.setattr(q, "CALIBRATION_STEPS", 4)
+    mp.setattr(gate, "GATE_PROMPTS", ("一棵青松，青山环绕，云雾缭绕",))
+    mp.setattr(gate, "GATE_SEEDS", (0,))
+    out = tmp_path_factory.mktemp("q8") / "int8"
+    quantize_export(tiny_export, out, "int8")
+    mp.undo()
+    return out
+
+
+def _qdq_consumers(model):
+    """Names of nodes that read a DequantizeLinear output (i.e. run on quantized inputs)."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if any(i in dq_out for i in n.input)}
+
+
+def test_qdq_where_intended_and_not_where_excluded(int8_export):
+    import onnx
+
+    m = json.loads((int8_export / MANIFEST).read_text())
+    info = m["quantization"]["unet"]
+    model = onnx.load(str(int8_export / "unet" / "model.onnx"))
+    quantized = _qdq_consumers(model)
+    excluded = set(info["float_layers_by_rule"]) | set(info["float_layers_by_measurement"])
+    assert info["quantized_layers"] > 0
+    assert len(quantized & {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")}) == info["quantized_layers"]
+    assert not quantized & excluded, sorted(quantized & excluded)[:5]
+    assert any("/conv_in/" in n for n in info["float_layers_by_rule"])
+    assert not {n.name for n in model.graph.node if n.op_type == "Softmax"} & quantized  # softmax stays float
+    # the other components stay fp32 and say why
+    assert m["quantization"]["text_encoder"]["precision"] == "fp32" and m["gate"]["passed"]
+    assert m["gate"]["floors"] == {"psnr_db": 25.0, "ssim": 0.85}
+    assert info["format"]["format"] == "QDQ" and info["format"]["weights"] == "int8 per-channel"
+
+
+def test_exclusions_follow_the_measured_layer_error(int8_export):
+    info = json.loads((int8_export / MANIFEST).read_text())["quantization"]["unet"]
+    snr = info["layer_snr_db"]
+    assert set(info["float_layers_by_measurement"]) == {n for n, v in snr.items() if v < info["min_layer_snr_db"]}
+
+
+def test_calibration_is_deterministic(tiny_export):
+    from shanshui.quantize.int8 import record_calibration
+
+    a = record_calibration(tiny_export, ("青山",), (3,), 3)
+    b = record_calibration(tiny_export, ("青山",), (3,), 3)
+    assert len(a) == 3 and all(x["sample"].shape[0] == 2 for x in a)  # both guidance branches in every feed
+    assert all((x[k] == y[k]).all() for x, y in zip(a, b) for k in x)
