@@ -94,3 +94,13 @@ def test_quantize_command(tiny_export, tmp_path):
     assert "unet          fp16" in r.output and f"wrote {out}" in r.output
     assert_one_line_error(run("quantize", tiny_export, tmp_path / "o2", "--precision", "int3"), "'int3' is not one of")
     assert_one_line_error(run("quantize", tmp_path / "nope", tmp_path / "o3"), "not a shanshui export")
+
+
+def test_export_fp16_keeps_its_fp32_reference(tiny_model, tmp_path):
+    out = tmp_path / "m-fp16"
+    r = run("export", tiny_model, out, "--precision", "fp16", "--no-check", "--max-batch", "1", "--height", "128", "--width", "128")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "shanshui_manifest.json").read_text())
+    assert m["precision"] == "fp16" and json.loads((out / ".fp32" / "shanshui_manifest.json").read_text())["precision"] == "fp32"
+    r = run("export", tiny_model, out, "--precision", "fp16", "--no-check", "--max-batch", "1", "--height", "128", "--width", "128")
+    assert r.exit_code == 0 and "unchanged, kept" in r.output  # both the fp32 reference and the fp16 result are reused
