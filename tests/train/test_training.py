@@ -26,6 +26,21 @@ def image_folder(tmp_path_factory):
     return root
 
 
+def _optimise(loss_fn, params, steps: int = 8, lr: float = 1e-3) -> list[float]:
+    """AdamW steps on a fixed batch; the loss before each step."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_vae_loss_falls_on_a_fixed_batch():
     import torch
 
@@ -35,15 +50,11 @@ def test_vae_loss_falls_on_a_fixed_batch():
     _, _, vae, _ = build_components("tiny", seed=0)
     torch.manual_seed(0)
     batch = torch.rand(2, 3, 32, 32) * 2 - 1
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
+    def step():
         torch.manual_seed(1)  # the same posterior sample every step
-        loss, _ = vae_loss(vae, batch, 1e-6)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return vae_loss(vae, batch, 1e-6)[0]
+
+    losses = _optimise(step, vae.parameters())
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.9 * losses[0], losses
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 6, losses  # falling at (nearly) every step
@@ -63,14 +74,7 @@ def test_diffusion_loss_falls_on_a_fixed_batch():
     ids = torch.randint(0, 600, (2, 64))
     t = torch.tensor([100, 700])
     ac = torch.tensor(np.cumprod(1 - sched.betas.numpy()), dtype=torch.float32)
-    opt = torch.optim.AdamW(list(te.parameters()) + list(unet.parameters()), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = diffusion_loss(te, unet, lat, ids, noise, t, ac)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _optimise(lambda: diffusion_loss(te, unet, lat, ids, noise, t, ac), list(te.parameters()) + list(unet.parameters()))
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0], losses
 
