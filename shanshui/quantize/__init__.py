@@ -38,7 +38,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     from shanshui.export.contract import components
     from shanshui.export.manifest import MANIFEST, open_exported, read_manifest
     from shanshui.fsutil import umask, write_json_atomic
-    from shanshui.quantize.fp16 import FP16_BLOCK_OPS, convert_fp16, outputs_finite
+    from shanshui.quantize.fp16 import FP16_BLOCK_OPS, outputs_finite
     from shanshui.quantize.gate import check_quality, enforce
 
     if precision not in PRECISIONS:
@@ -72,21 +72,12 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         for name, entry in manifest["components"].items():
             (tmp / name).mkdir(exist_ok=True)
             shutil.copy2(src / name / "config.json", tmp / name / "config.json")
-            if precision == "int8":
-                files, info = _int8_component(src, tmp, name, entry, on_event)
-                entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
-                manifest["quantization"][name] = info
-                continue
-            on_event(name, f"converting to {precision}")
-            files = convert_fp16(src / entry["file"], tmp / entry["file"])
-            info = {"precision": precision, "fp32_ops": list(FP16_BLOCK_OPS)}
-            if not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
+            convert = _int8_component if precision == "int8" else _fp16_component
+            files, info = convert(src, tmp, name, entry, on_event)
+            if info["precision"] != "fp32" and not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
                 for f in files:
                     (tmp / name / f).unlink()
-                files = list(source.manifest["components"][name]["files"])
-                for f in files:
-                    shutil.copy2(src / name / f, tmp / name / f)
-                info = {"precision": "fp32", "reason": f"{precision} outputs overflowed (inf/nan); kept fp32"}
+                files, info = _keep_fp32(src, tmp, name, entry, f"{precision} outputs overflowed (inf/nan); kept fp32")
                 on_event(name, info["reason"])
             entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
             manifest["quantization"][name] = info
@@ -113,15 +104,27 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     return {**manifest, "out_dir": str(out)}
 
 
+def _keep_fp32(src: Path, tmp: Path, name: str, entry: dict, reason: str) -> tuple[list[str], dict]:
+    """Copy a component's fp32 files unchanged; the manifest records why."""
+    files = list(entry["files"])
+    for f in files:
+        shutil.copy2(src / name / f, tmp / name / f)
+    return files, {"precision": "fp32", "reason": reason}
+
+
+def _fp16_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> tuple[list[str], dict]:
+    from shanshui.quantize.fp16 import FP16_BLOCK_OPS, convert_fp16
+
+    on_event(name, "converting to fp16")
+    return convert_fp16(src / entry["file"], tmp / entry["file"]), {"precision": "fp16", "fp32_ops": list(FP16_BLOCK_OPS)}
+
+
 def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> tuple[list[str], dict]:
-    """int8 QDQ for the U-Net; the other components are copied as fp32 (not yet measured to gain from int8)."""
+    """int8 QDQ for the U-Net; the other components stay fp32 (not yet measured to gain from int8)."""
     from shanshui.quantize.int8 import quantize_unet_int8, record_calibration
 
     if name != "unet":
-        files = list(entry["files"])
-        for f in files:
-            shutil.copy2(src / name / f, tmp / name / f)
-        return files, {"precision": "fp32", "reason": "int8 applies to the U-Net; this component stays fp32"}
+        return _keep_fp32(src, tmp, name, entry, "int8 applies to the U-Net; this component stays fp32")
     on_event(name, f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
     feeds = record_calibration(src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS)
     on_event(name, "quantizing to int8 and measuring every layer's error")
