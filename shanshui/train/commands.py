@@ -33,7 +33,7 @@ def vae(
     crop: int = typer.Option(128, help="Random crop size in pixels."),
     size: int = typer.Option(256, help="Images are resized and centre-cropped to this size first."),
     lr: float = typer.Option(4e-4, help="Peak learning rate."),
-    mixed_precision: MixedPrecision = typer.Option(MixedPrecision.bf16, help="On CUDA; CPU trains in fp32."),
+    mixed_precision: MixedPrecision = typer.Option(MixedPrecision.bf16, help="On CUDA, and on CPUs with bf16 instructions (AVX512_BF16/AMX); other CPUs train in fp32."),
     seed: int = typer.Option(0),
 ):
     """Train the VAE (AutoencoderKL, 8× downsampling); reports held-out PSNR/SSIM."""
@@ -58,7 +58,7 @@ def unet(
     size: int = typer.Option(256, help="Training image size."),
     sample_every: int = typer.Option(1000, help="Save a sample grid every N steps (0: never)."),
     checkpoint_every: int = typer.Option(1000, help="Save a checkpoint every N steps."),
-    mixed_precision: MixedPrecision = typer.Option(MixedPrecision.bf16, help="On CUDA; CPU trains in fp32."),
+    mixed_precision: MixedPrecision = typer.Option(MixedPrecision.bf16, help="On CUDA, and on CPUs with bf16 instructions (AVX512_BF16/AMX); other CPUs train in fp32."),
     seed: int = typer.Option(0),
     arch: Optional[str] = typer.Option("tiny", help="Architecture of text encoder and U-Net."),
 ):

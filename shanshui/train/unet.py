@@ -68,12 +68,13 @@ def encode_latents(vae, paths: list[Path], size: int, device, batch: int = 32, p
 
 
 def _latents(out: Path, vae, examples, cfg: UnetConfig, device, progress):
-    """Cached in OUT/latents.safetensors, keyed by the image list, so a resumed run does not re-encode."""
+    """Cached in OUT/latents.safetensors, keyed by image size and list, so a resumed run does not re-encode."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256("\n".join(str(e.image) for e in examples).encode()).hexdigest()[:16]
+    listing = f"{cfg.size}\n" + "\n".join(str(e.image) for e in examples)  # a new size must re-encode
+    key = hashlib.sha256(listing.encode()).hexdigest()[:16]
     cache = out / "latents.safetensors"
     if cache.is_file():
         t = load_file(str(cache))
