@@ -119,6 +119,26 @@ def _check_values(spec: ComponentSpec, source: SourceModel, shapes: ShapeSetting
     return [opt, other]
 
 
+PARITY_PROMPTS = ("一棵青松，青山环绕，云雾缭绕", "a fishing boat on a misty river at dusk", "", "秋山红叶，凉亭", "snowy peaks, ink wash")
+
+
+def _prompt_ids(source: SourceModel, fallback: np.ndarray, seed: int) -> np.ndarray:
+    """Token ids of real prompts, shaped like `fallback` (B2, L), when the model has a tokenizer.json.
+
+    Random ids are a poor parity input for a trained text encoder: sequences no tokenizer makes (padding inside,
+    never-trained tokens) drive attention into regimes where rounding differences grow ~10× per layer.
+    """
+    from shanshui.runtime.tokenizer import open_tokenizer
+
+    try:
+        tok = open_tokenizer(source.root / "tokenizer", fallback.shape[1])
+    except ShanshuiError:
+        return fallback
+    prompts = [PARITY_PROMPTS[(seed + j) % len(PARITY_PROMPTS)] for j in range(fallback.shape[0])]
+    ids = tok(prompts)[0]
+    return ids if ids.shape == fallback.shape else fallback
+
+
 def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSettings, folder: Path) -> dict:
     """Export one component into `folder` (a temp dir), check it, and return its manifest entry (minus the key)."""
     import onnx
@@ -156,6 +176,8 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
     errors = []
     for i, values in enumerate(checks):
         feeds = spec.sample_inputs(source.dims, values, seed=i)
+        if spec.name == "text_encoder":
+            feeds["input_ids"] = _prompt_ids(source, feeds["input_ids"], seed=i)
         with torch.no_grad():
             ref = module(*[torch.from_numpy(v) for v in feeds.values()])
         ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
