@@ -2,12 +2,14 @@
 
 The candidate is built in a hidden folder inside OUT, checked (finite outputs per component, then the image
 quality gate), and only then moved into place with its manifest written last. A failed gate leaves OUT as it was.
-int8 quantizes the U-Net (calibrated static QDQ, see int8.py); text encoder and VAE decoder stay fp32 there.
+int8 quantizes the U-Net (calibrated static QDQ, see int8.py); the text encoder and VAE decoder become int8 where
+their own output measures within COMPONENT_FLOORS of fp32, fp16 otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Callable
 from shanshui.errors import ShanshuiError
 
 PRECISIONS = ("fp16", "int8")
-FP16_VERSION = 1  # bump when a conversion changes, so old outputs are rebuilt
+FP16_VERSION = 2  # bump when a conversion changes, so old outputs are rebuilt
 # Calibration prompts (distinct from the gate's), painted with the fp32 export to record real U-Net inputs.
 CALIBRATION_PROMPTS = (
     "水墨山水，远山如黛，江上渔舟", "a pine on a cliff above a misty river", "秋山红叶，夕阳西下，凉亭",
@@ -65,6 +67,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     manifest = copy.deepcopy(source.manifest)
     manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
     tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
+    feeds = _LazyFeeds(src, on_event)
     try:
         _copy_side_files(src, tmp)
         specs = components(source.dims)
@@ -72,7 +75,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         for name, entry in manifest["components"].items():
             (tmp / name).mkdir(exist_ok=True)
             shutil.copy2(src / name / "config.json", tmp / name / "config.json")
-            convert = _int8_component if precision == "int8" else _fp16_component
+            convert = functools.partial(_int8_component, feeds=feeds) if precision == "int8" else _fp16_component
             files, info = convert(src, tmp, name, entry, on_event)
             if info["precision"] != "fp32" and not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
                 for f in files:
@@ -119,14 +122,44 @@ def _fp16_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> t
     return convert_fp16(src / entry["file"], tmp / entry["file"]), {"precision": "fp16", "fp32_ops": list(FP16_BLOCK_OPS)}
 
 
-def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> tuple[list[str], dict]:
-    """int8 QDQ for the U-Net; the other components stay fp32 (not yet measured to gain from int8)."""
-    from shanshui.quantize.int8 import quantize_unet_int8, record_calibration
+# int8 mode, text encoder and VAE decoder: int8 when their own output stays within these floors against fp32 on
+# the calibration inputs (measured), else fp16. (output name, compared as images?, floor in dB)
+COMPONENT_FLOORS = {"text_encoder": ("last_hidden_state", False, 30.0), "vae_decoder": ("sample", True, 35.0)}
 
-    if name != "unet":
-        return _keep_fp32(src, tmp, name, entry, "int8 applies to the U-Net; this component stays fp32")
-    on_event(name, f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
-    feeds = record_calibration(src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS)
-    on_event(name, "quantizing to int8 and measuring every layer's error")
-    info = quantize_unet_int8(src / entry["file"], tmp / entry["file"], feeds)
-    return [Path(entry["file"]).name], {"precision": "int8", **info}
+
+class _LazyFeeds:
+    """Calibration inputs of all components, recorded once (on first use) from fp32 sampler runs."""
+
+    def __init__(self, src: Path, on_event):
+        self.src, self.on_event, self.feeds = src, on_event, None
+
+    def __getitem__(self, name: str) -> list:
+        from shanshui.quantize.int8 import record_feeds
+
+        if self.feeds is None:
+            self.on_event("*", f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
+            self.feeds = record_feeds(self.src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS)
+        return self.feeds[name]
+
+
+def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds) -> tuple[list[str], dict]:
+    """U-Net: int8 QDQ. Text encoder and VAE decoder: int8 if their measured output quality holds, else fp16."""
+    from shanshui.quantize.int8 import output_quality, quantize_int8, quantize_unet_int8
+
+    files = lambda: sorted(p.name for p in (tmp / name).glob("model.onnx*"))  # noqa: E731
+    if name == "unet":
+        on_event(name, "quantizing to int8 (each layer's own int8 error measured first)")
+        info = quantize_unet_int8(src / entry["file"], tmp / entry["file"], feeds[name])
+        return files(), {"precision": "int8", **info}
+    output, images, floor = COMPONENT_FLOORS[name]
+    on_event(name, "quantizing to int8 and measuring its output against fp32")
+    info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], always_float=())
+    quality = output_quality(src / entry["file"], tmp / entry["file"], feeds[name], output, images)
+    measure = {"metric": "image PSNR (dB)" if images else "output SNR (dB)", "int8": quality, "floor": floor}
+    if quality >= floor:
+        return files(), {"precision": "int8", **info, "output_quality": measure}
+    for f in files():
+        (tmp / name / f).unlink()
+    kept, fp16 = _fp16_component(src, tmp, name, entry, on_event)
+    return kept, {**fp16, "output_quality": measure,
+                  "reason": f"int8 {measure['metric']} {quality} < {floor} against fp32 on the calibration inputs; fp16 instead"}

@@ -1,11 +1,11 @@
 """int8 U-Net: static QDQ quantization with per-channel weights, calibrated on real U-Net inputs.
 
 Calibration inputs are recorded from fp32 sampler runs over a prompt set: every step's (x, t, cond) with both
-guidance branches in the batch. What runs in int8 is decided by measurement: after a first pass, the error of every
-quantized layer's output against fp32 is measured on calibration inputs (SNR in dB), and layers below
-`min_layer_snr_db` are kept in float in the second pass. Only layers with constant weights are candidates
-(Conv, MatMul, Gemm): attention's activation×activation products, normalisations and softmax stay float, as do
-conv_in, conv_out and the time embedding. The QDQ graph is explicit quantization, which TensorRT consumes as is.
+guidance branches in the batch. What runs in int8 is decided by measurement: each candidate layer's own int8 error
+is measured in isolation (sensitivity.py) and layers below `min_layer_snr_db` stay float. Only layers with constant
+weights are candidates (Conv, MatMul, Gemm): attention's activation×activation products, normalisations and
+softmax stay float, as do conv_in, conv_out and the time embedding. The QDQ graph is explicit quantization, which
+TensorRT consumes as is; ONNX Runtime fuses it into integer kernels.
 """
 
 from __future__ import annotations
@@ -29,30 +29,60 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def int8_format() -> dict:
-    """The int8 formats used on this machine, stated in the manifest."""
+FORMATS = ("qdq", "qoperator")
+
+
+def int8_format(quant_format: str = "qdq", activations: str = "uint8", reduce_range: bool | None = None) -> dict:
+    """The int8 formats used on this machine, stated in the manifest.
+
+    reduce_range (7-bit weights) avoids the u8×s8 saturation of x86 CPUs without VNNI; with VNNI (or elsewhere)
+    full 8-bit weights are kept. `scripts/int8_formats.py` measures the alternatives on a machine.
+    """
+    if quant_format not in FORMATS:
+        raise ShanshuiError(f"int8 format {quant_format!r} is not one of {', '.join(FORMATS)}")
+    if activations not in ("uint8", "int8"):
+        raise ShanshuiError(f"int8 activations {activations!r} must be uint8 or int8")
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
-            "reduce_range": bool(x86 and not cpu_has_vnni()), "calibration": "MinMax"}
+    if reduce_range is None:
+        reduce_range = bool(x86 and not cpu_has_vnni())
+    return {"format": quant_format.upper() if quant_format == "qdq" else "QOperator", "activations": activations,
+            "weights": "int8 per-channel", "reduce_range": bool(reduce_range), "calibration": "MinMax",
+            "cpu_vnni": cpu_has_vnni()}
 
 
-def record_calibration(export: Path, prompts, seeds, steps: int, threads: int | None = None) -> list[dict[str, np.ndarray]]:
-    """U-Net feeds seen while sampling with the fp32 export (both guidance branches per feed), in call order."""
+def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None = None,
+                 size: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
+    U-Net feeds hold both guidance branches. At the export's default image size unless `size` is given."""
     from shanshui.runtime.pipeline import Pipeline, Request
 
     pipe = Pipeline(export, threads=threads)
-    feeds = []
-    unet = pipe.components.unet
+    feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": []}
+    te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 
-    def recording(x, t, cond):
-        feeds.append({"sample": x, "timestep": t, "encoder_hidden_states": cond})
+    def text_encoder(ids):
+        feeds["text_encoder"].append({"input_ids": ids})
+        return te(ids)
+
+    def recording_unet(x, t, cond):
+        feeds["unet"].append({"sample": x, "timestep": t, "encoder_hidden_states": cond})
         return unet(x, t, cond)
 
-    pipe.components.unet = recording
+    def vae_decoder(z):
+        feeds["vae_decoder"].append({"latent_sample": z})
+        return dec(z)
+
+    pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder = text_encoder, recording_unet, vae_decoder
     for prompt in prompts:
         for seed in seeds:
-            pipe(Request(prompt, steps=steps, seed=seed, guidance=5.0))
+            pipe(Request(prompt, steps=steps, seed=seed, guidance=5.0, height=size, width=size))
     return feeds
+
+
+def record_calibration(export: Path, prompts, seeds, steps: int, threads: int | None = None,
+                       size: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The U-Net's feeds of `record_feeds`."""
+    return record_feeds(export, prompts, seeds, steps, threads, size)["unet"]
 
 
 class _Feeds:
@@ -71,7 +101,7 @@ class _Feeds:
         self.i = 0
 
 
-def candidate_nodes(model) -> tuple[list[str], list[str]]:
+def candidate_nodes(model, always_float=ALWAYS_FLOAT) -> tuple[list[str], list[str]]:
     """(names of weight layers that may be quantized, names kept float by rule)."""
     consts = {i.name for i in model.graph.initializer}
     allowed, kept = [], []
@@ -80,53 +110,34 @@ def candidate_nodes(model) -> tuple[list[str], list[str]]:
             continue
         if not any(i in consts for i in node.input[1:2]):  # activation × activation (attention scores)
             continue
-        (kept if any(f in node.name for f in ALWAYS_FLOAT) else allowed).append(node.name)
+        (kept if any(f in node.name for f in always_float) else allowed).append(node.name)
     return allowed, kept
 
 
 def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    act = QuantType.QUInt8 if fmt["activations"] == "uint8" else QuantType.QInt8
     quantize_static(
-        str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-        per_channel=True, reduce_range=fmt["reduce_range"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ if fmt["format"] == "QDQ" else QuantFormat.QOperator,
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True, reduce_range=fmt["reduce_range"],
+        activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=_is_large(src),
+        extra_options={"ActivationSymmetric": fmt["activations"] == "int8", "WeightSymmetric": True},
     )
 
 
-def layer_snr(fp32_path: Path, int8_path: Path, feeds, nodes: list[str]) -> dict[str, float]:
-    """Output SNR (dB) of each quantized layer against fp32, over the feeds: 10·log10(|ref|² / |ref − q|²)."""
+def _is_large(path: Path) -> bool:
+    """Models with external data (> 2 GB) must be written with external data again."""
+    return any(p.name.startswith(path.name + ".") for p in path.parent.iterdir())
+
+
+def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = 30.0,
+                  probe_feeds: int = 4, always_float=ALWAYS_FLOAT) -> dict:
+    """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float."""
     import onnx
-    import onnxruntime as ort
 
-    def outputs_of(path: Path, names: list[str]) -> list[np.ndarray]:
-        model = onnx.load(str(path))
-        have = {o.name for o in model.graph.output}
-        for n in names:
-            if n not in have:
-                model.graph.output.append(onnx.ValueInfoProto(name=n))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor addressable
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return [sess.run(names, f) for f in feeds]
-
-    fp32 = onnx.load(str(fp32_path), load_external_data=False)
-    out_of = {n.name: n.output[0] for n in fp32.graph.node if n.name in set(nodes)}
-    names = [out_of[n] for n in nodes]
-    ref, got = outputs_of(fp32_path, names), outputs_of(int8_path, names)
-    snr = {}
-    for j, node in enumerate(nodes):
-        sig = sum(float(np.sum(r[j].astype(np.float64) ** 2)) for r in ref)
-        err = sum(float(np.sum((r[j].astype(np.float64) - g[j]) ** 2)) for r, g in zip(ref, got))
-        snr[node] = float("inf") if err == 0 else round(10 * np.log10(sig / err), 2)
-    return snr
-
-
-def quantize_unet_int8(src: Path, dst: Path, feeds, min_layer_snr_db: float = 20.0, probe_feeds: int = 6) -> dict:
-    """Two-pass int8 QDQ of an fp32 U-Net at `src` into `dst`; returns what was quantized and measured."""
-    import onnx
+    from shanshui.quantize.sensitivity import isolated_layer_snr
 
     try:
         import onnxruntime.quantization  # noqa: F401
@@ -134,16 +145,44 @@ def quantize_unet_int8(src: Path, dst: Path, feeds, min_layer_snr_db: float = 20
         raise ShanshuiError(f"int8 quantization needs onnxruntime's quantization tools ({e.name} is missing)") from None
     if not feeds:
         raise ShanshuiError("no calibration inputs were recorded; give calibration prompts")
+    fmt = fmt or int8_format()
     model = onnx.load(str(src), load_external_data=False)
-    allowed, kept = candidate_nodes(model)
-    fmt = int8_format()
-    _quantize(src, dst, feeds, allowed, fmt)
-    probe = feeds[:: max(1, len(feeds) // probe_feeds)][:probe_feeds]
-    snr = layer_snr(src, dst, probe, allowed)
+    allowed, kept = candidate_nodes(model, always_float)
+    del model
+    snr = isolated_layer_snr(src, feeds, allowed, probe=probe_feeds, reduce_range=fmt["reduce_range"])
     sensitive = sorted(n for n, v in snr.items() if v < min_layer_snr_db)
     quantized = [n for n in allowed if n not in sensitive]
-    if sensitive:
-        _quantize(src, dst, feeds, quantized, fmt)
+    _quantize(src, dst, feeds, quantized, fmt)
     return {"format": fmt, "calibration_feeds": len(feeds), "quantized_layers": len(quantized),
             "float_layers_by_rule": kept, "float_layers_by_measurement": sensitive,
-            "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr}
+            "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr, "snr_measure": "isolated (one layer in int8)"}
+
+
+def quantize_unet_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = 30.0,
+                       probe_feeds: int = 4) -> dict:
+    """The U-Net: conv_in, conv_out and the time embedding stay float by rule, the rest by measurement."""
+    return quantize_int8(src, dst, feeds, fmt, min_layer_snr_db, probe_feeds, ALWAYS_FLOAT)
+
+
+def output_quality(ref_path: Path, got_path: Path, feeds, output: str, images: bool) -> float:
+    """Worst, over `feeds`, of the candidate's output quality against fp32: image PSNR (images=True, outputs in
+    [-1, 1]) or SNR in dB."""
+    import onnxruntime as ort
+
+    from shanshui.metrics import psnr
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ref = ort.InferenceSession(str(ref_path), opts, providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(got_path), opts, providers=["CPUExecutionProvider"])
+    worst = float("inf")
+    for feed in feeds:
+        a, b = ref.run([output], feed)[0], got.run([output], feed)[0]
+        if images:
+            to_u8 = lambda v: np.round((np.clip(v, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)  # noqa: E731
+            q = min(psnr(x, y) for x, y in zip(to_u8(a), to_u8(b)))
+        else:
+            err = float(np.sum((a.astype(np.float64) - b) ** 2))
+            q = float("inf") if err == 0 else 10 * np.log10(float(np.sum(a.astype(np.float64) ** 2)) / err)
+        worst = min(worst, q)
+    return round(float(worst), 2)
