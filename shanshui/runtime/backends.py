@@ -20,6 +20,14 @@ class Backend(str, enum.Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
     torch = "torch"
+    tensorrt = "tensorrt"
+
+
+class TorchPrecision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
 
 
 class Device(str, enum.Enum):
@@ -68,19 +76,24 @@ class OrtComponents:
 
 
 class TorchComponents:
-    """PyTorch modules (from a diffusers folder, or in memory during training), on CPU or CUDA."""
+    """PyTorch modules (from a diffusers folder, or in memory during training), on CPU or CUDA.
+
+    From a folder on CUDA, a torch_cuda.CudaRunner runs them (precision, SDPA, channels_last, CUDA graphs, timings).
+    """
 
     name = "torch"
 
-    def __init__(self, text_encoder, unet, vae, device: str = "cpu"):
+    def __init__(self, text_encoder, unet, vae, device: str = "cpu", cuda=None):
         import torch
 
-        self.torch, self.device = torch, device
+        self.torch, self.device, self.cuda = torch, device, cuda
         self.te, self.un, self.vae = text_encoder, unet, vae
-        self.dtype = next(unet.parameters()).dtype
+        self.dtype = next((p.dtype for p in unet.parameters() if p.is_floating_point()), torch.float32)
+        self.timings = cuda.timings if cuda is not None else {}
 
     @classmethod
-    def from_folder(cls, root: Path, device: str = "auto", threads: int | None = None, dtype: str = "fp32") -> "TorchComponents":
+    def from_folder(cls, root: Path, device: str = "auto", threads: int | None = None, dtype: str = "fp32",
+                    cuda_graphs: bool = False, compile: bool = False) -> "TorchComponents":
         try:
             import diffusers
             import torch
@@ -96,19 +109,29 @@ class TorchComponents:
         device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
         if threads and device == "cpu":
             torch.set_num_threads(int(threads))
-        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        if torch_dtype != torch.float32 and device == "cpu":
+        if dtype not in {p.value for p in TorchPrecision}:
+            raise ShanshuiError(f"precision {dtype!r} is not available; choose one of {', '.join(p.value for p in TorchPrecision)}")
+        if dtype in ("fp16", "bf16") and device == "cpu":
             raise ShanshuiError(f"{dtype} on the CPU is slower than fp32 in PyTorch; use fp32 there, or --device cuda")
+        if (cuda_graphs or compile) and device != "cuda":
+            raise ShanshuiError("CUDA graphs and torch.compile here need a CUDA GPU: use --device cuda, or --no-cuda-graphs")
+        from shanshui.runtime import torch_cuda
+
+        torch_dtype = getattr(torch, torch_cuda.load_dtype(dtype, device))
         index = read_json(Path(root) / "model_index.json")
         te_cls = getattr(transformers, (index.get("text_encoder") or [None, "CLIPTextModel"])[1])
         kw = dict(use_safetensors=True, torch_dtype=torch_dtype)
+        place = "cpu" if dtype == "int8" else device  # int8: to_int8 quantizes and places the modules
         try:
-            te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(device).eval()
-            un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(device).eval()
-            vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(device).eval()
+            te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(place).eval()
+            un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(place).eval()
+            vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(place).eval()
         except (OSError, ValueError) as e:
             raise ShanshuiError(f"cannot load the PyTorch model from {root}: {str(e).splitlines()[0]}") from None
-        return cls(te, un, vae, device)
+        if dtype == "int8":
+            te, un, vae = torch_cuda.to_int8(te, un, vae, device)
+        runner = torch_cuda.CudaRunner(te, un, vae, dtype, cuda_graphs, compile=compile) if device == "cuda" else None
+        return cls(te, un, vae, device, cuda=runner)
 
     def _run(self, fn, *arrays):
         torch = self.torch
@@ -118,12 +141,18 @@ class TorchComponents:
             return fn(*ins).float().cpu().numpy()
 
     def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
+        if self.cuda is not None:
+            return self.cuda.text_encoder(input_ids)
         return self._run(lambda ids: self.te(ids, return_dict=True).last_hidden_state, input_ids.astype(np.int64))
 
     def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        if self.cuda is not None:
+            return self.cuda.unet(x, t, cond)
         return self._run(lambda a, b, c: self.un(a, b.float(), c, return_dict=False)[0], x, t.astype(np.float32), cond)
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
+        if self.cuda is not None:
+            return self.cuda.vae_decoder(z)
         return self._run(lambda a: self.vae.decode(a, return_dict=False)[0], z.astype(np.float32))
 
 

@@ -57,12 +57,15 @@ def default_model_dir() -> Path:
 
 
 def _kind(root: Path) -> str:
+    from shanshui.engines.build import ENGINE_MANIFEST
     from shanshui.export.manifest import MANIFEST
 
     if not root.is_dir():
         raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
     if (root / MANIFEST).is_file():
         return "onnx"
+    if (root / ENGINE_MANIFEST).is_file():
+        return "engines"
     if (root / "model_index.json").is_file() and (root / "unet").is_dir():
         return "diffusers"
     raise ShanshuiError(f"{root} is neither a shanshui export nor a diffusers folder; make one with `shanshui export` or `shanshui init`")
@@ -71,15 +74,31 @@ def _kind(root: Path) -> str:
 class Pipeline:
     """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
 
-    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None):
+    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                 precision: str | None = None, cuda_graphs: bool | None = None):
         t0 = time.perf_counter()
         root = Path(model_dir) if model_dir is not None else default_model_dir()
-        kind = _kind(root)
+        kind, engine_dir = _kind(root), None
+        if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
+            from shanshui.engines.build import read_engine_manifest
+            from shanshui.export.manifest import MANIFEST
+
+            engine_dir, root = root, Path(read_engine_manifest(root)["export"])
+            backend = "tensorrt" if backend == "auto" else backend
+            if not (root / MANIFEST).is_file():
+                raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
+                                    f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
+            kind = "onnx"
         backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
-        if kind == "onnx" and backend != "onnxruntime":
-            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime, or point --model at the diffusers folder for torch")
+        if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
+            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
         if kind == "diffusers" and backend != "torch":
-            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for onnxruntime, or use --backend torch")
+            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
+        if precision not in (None, "fp32") and backend != "torch":
+            raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
+                                f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
+        if cuda_graphs and backend == "onnxruntime":
+            raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
         self.root, self.backend = root, backend
         if kind == "onnx":
             from shanshui.export.manifest import open_exported
@@ -90,7 +109,12 @@ class Pipeline:
             self.default_size = (exported.shapes.height, exported.shapes.width)
             self.scaling_factor = float(m["vae_scaling_factor"])
             self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-            self.components = OrtComponents(exported, device=device, threads=threads)
+            if backend == "tensorrt":
+                from shanshui.runtime.trt_backend import TrtComponents
+
+                self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+            else:
+                self.components = OrtComponents(exported, device=device, threads=threads)
         else:
             from shanshui.export.source import model_resolution, open_source
 
@@ -100,7 +124,8 @@ class Pipeline:
             self.default_size = (res, res)
             self.scaling_factor = source.vae_scaling_factor
             self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.components = TorchComponents.from_folder(root, device=device, threads=threads)
+            self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
+                                                          cuda_graphs=bool(cuda_graphs))
         with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
             self.scheduler = json.load(f)
         self.load_seconds = time.perf_counter() - t0

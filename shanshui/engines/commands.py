@@ -1,0 +1,72 @@
+"""`shanshui engine build|info`: thin commands over shanshui.engines.build (TensorRT is imported only when needed)."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="TensorRT engines for NVIDIA GPUs, built from an export folder.", no_args_is_help=True,
+                  add_completion=False)
+
+
+@app.callback()
+def _group() -> None:
+    """TensorRT engines for NVIDIA GPUs, built from an export folder."""
+
+
+class EnginePrecision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+@app.command()
+def build(
+    export_dir: Path = typer.Argument(..., help="An export folder (from `shanshui export`)."),
+    precision: EnginePrecision = typer.Option(EnginePrecision.fp16, help="fp16: from an fp32 export (TensorRT 10) or an fp16 export; "
+                                              "int8: from an int8 (QDQ) export; fp32: exact, for reference."),
+    shapes: Optional[str] = typer.Option(None, help="Static shape buckets NxHxW (images × height × width), comma-separated, "
+                                         "e.g. 1x256x256,2x256x256; default: one image at the model's size."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="One dynamic profile over the export's size and batch ranges "
+                                 "(optimised for the first --shapes bucket) instead of static buckets."),
+    out: Optional[Path] = typer.Option(None, help="Engine folder; default: EXPORT_DIR/engines."),
+    workspace_gib: Optional[float] = typer.Option(None, help="Builder workspace limit in GiB (default: TensorRT's)."),
+):
+    """Build (or reuse) TensorRT engines for text encoder, U-Net and VAE decoder on this GPU."""
+    from shanshui.engines.build import build_engines, describe
+
+    manifest = build_engines(
+        export_dir, out, precision=precision.value, shapes=shapes, dynamic=dynamic,
+        workspace_bytes=int(workspace_gib * 2**30) if workspace_gib else None,
+        on_event=lambda comp, what: typer.echo(f"  {comp}: {what}", err=True),
+    )
+    for line in describe(manifest):
+        typer.echo(line)
+    typer.echo(f"wrote {manifest['out_dir']}")
+
+
+@app.command()
+def info(
+    folder: Path = typer.Argument(..., help="An export folder (its engines/ is read) or an engine folder."),
+):
+    """List the engines in a folder and whether they can run on this machine."""
+    from shanshui.engines.build import ENGINE_MANIFEST, check_engines, default_engine_dir, describe, read_engine_manifest
+    from shanshui.errors import ShanshuiError
+    from shanshui.export.manifest import open_exported
+
+    engine_dir = folder if (folder / ENGINE_MANIFEST).is_file() else default_engine_dir(folder)
+    manifest = read_engine_manifest(engine_dir) if engine_dir.is_dir() else None
+    if manifest is None:
+        raise ShanshuiError(f"no TensorRT engines in {engine_dir}: build them with `shanshui engine build EXPORT_DIR`")
+    for line in describe(manifest):
+        typer.echo(line)
+    try:
+        from shanshui.engines import trt
+
+        check_engines(open_exported(manifest["export"]), trt.environment(), engine_dir)
+        typer.echo("they run on this machine")
+    except ShanshuiError as e:
+        typer.echo(f"they cannot run here: {e}")
