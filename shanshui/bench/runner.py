@@ -1,0 +1,220 @@
+"""Runs a benchmark: probe the machine, plan rows, prepare models and exports, run each row in a fresh process.
+
+The parent never imports torch or onnxruntime: probing, model making, exporting and every measured row happen in
+worker processes, one per row, so each row starts from an empty process (its own load time, arenas, peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from shanshui.bench.plan import ModelRef, Row, Settings, plan_rows, resolve_models
+from shanshui.errors import ShanshuiError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
+OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
+HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt", "optimum")
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=lambda: ["default"])
+    sizes: list[int] | None = None
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime", "torch", "tensorrt"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    device: str = "auto"
+    peers: list[str] = field(default_factory=lambda: ["diffusers"])  # requested; "optimum" builds its venv
+    settings: Settings = field(default_factory=Settings)
+    cache: Path | None = None
+    venv_root: Path | None = None
+    venv_timeout_s: float = 1800
+
+
+def run_worker(spec: dict, workdir: Path, name: str, timeout_s: float | None = None, python: str | None = None,
+               script: Path | None = None) -> dict:
+    """Run one worker process on `spec` (JSON on stdin); its JSON result, or {"ok": False, "error": why}."""
+    result_path = workdir / f"{name}.result.json"
+    log_path = workdir / f"{name}.log"
+    spec = {**spec, "result": str(result_path)}
+    env = dict(os.environ)
+    if script is None:
+        cmd = [sys.executable, "-m", "shanshui.bench.worker"]
+        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    else:  # a standalone script in another venv: isolated mode, nothing of ours on its path
+        cmd = [python or sys.executable, "-I", str(script)]
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+        except OSError as e:
+            return {"ok": False, "error": f"cannot start {cmd[0]}: {e.strerror or e}"}
+        try:
+            proc.communicate(json.dumps(spec), timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return {"ok": False, "pid": proc.pid, "error": f"timed out after {timeout_s:.0f} s (raise --timeout)"}
+    try:
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        lines = [ln for ln in log_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+        return {"ok": False, "pid": proc.pid, "error": f"worker exited with {proc.returncode}{killed}: {lines[-1] if lines else 'no output'}"}
+    result.setdefault("pid", proc.pid)
+    return result
+
+
+class Display:
+    """A rich progress bar over the rows, with one line per finished row; silent when quiet."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        self.quiet, self.progress, self.task = quiet, None, None
+        if not quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=Console(stderr=True))
+            self.task = self.progress.add_task("preparing", total=total)
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+
+    def status(self, text: str) -> None:
+        if self.progress:
+            self.progress.update(self.task, description=text)
+
+    def log(self, text: str) -> None:
+        if self.progress:
+            self.progress.console.print(text, markup=False, highlight=False)
+
+    def advance(self) -> None:
+        if self.progress:
+            self.progress.advance(self.task)
+
+
+def _stage_inputs(export: Path, guidance: float, h: int, w: int) -> tuple[dict, dict]:
+    """Input shapes of each stage (from the export's manifest and the contract) for the Optimum worker, and dims."""
+    from shanshui.export.contract import ModelDims, components
+
+    m = json.loads((export / "shanshui_manifest.json").read_text(encoding="utf-8"))
+    dims = ModelDims(**m["dims"])
+    specs = components(dims)
+    values = {"B2": 2 if guidance != 1 else 1, "B": 1, "H": h, "W": w, "h": h // dims.vae_scale, "w": w // dims.vae_scale}
+    shapes = {stage: {t.name: list(specs[comp].shape_of(t, values)) for t in specs[comp].inputs}
+              for stage, comp in (("text_encoder", "text_encoder"), ("unet_step", "unet"), ("vae_decode", "vae_decoder"))}
+    return shapes, asdict(dims)
+
+
+def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], None] = lambda s: None,
+              note: Callable[[str], None] = lambda s: None) -> dict:
+    """Measure every planned row; returns the report (see report.build_report). `warn`/`note`: messages to show."""
+    from shanshui.bench import prepare, report
+    from shanshui.bench.venv import optimum_venv
+
+    s = config.settings
+    cache = Path(config.cache or prepare.default_cache())
+    refs = resolve_models(config.models)  # before anything slow: a wrong --model fails at once
+    load_start = _loadavg()
+    if load_start is not None and load_start > 0.5 * (os.cpu_count() or 1):
+        warn(f"the machine is busy (1-minute load average {load_start:.1f} on {os.cpu_count()} cores): timings will be "
+             f"noisy; the report records the load")
+    workdir = Path(tempfile.mkdtemp(prefix="shanshui-bench-"))
+    try:
+        peers = [] if "none" in config.peers else ["diffusers", "optimum"]  # optimum is listed even when not run
+        probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers)}, workdir, "probe")
+        optimum = {"ready": False, "reason": "not requested"}
+        if "optimum" in peers:
+            optimum = optimum_venv(config.venv_root, create="optimum" in config.peers, timeout_s=config.venv_timeout_s,
+                                   on_event=note)
+        rows = plan_rows(refs, config.sizes, config.backends, config.precisions, config.device, peers, probe, optimum)
+        big = {ref.name for ref in refs if ref.arch == "sd15" or ref.resolution >= 512}
+        if any(r.model in big and r.device == "cpu" and r.status == "planned" for r in rows):
+            warn("sd15 on a CPU is slow (a 512 px U-Net step takes seconds to tens of seconds on 2 cores; its int8 "
+                 "export calibrates for many minutes); --quick keeps it short")
+        results: dict[str, dict] = {}
+        by_name = {r.name: r for r in refs}
+        runnable = [r for r in rows if r.status == "planned"]
+        with Display(len(runnable), quiet) as display:
+            for i, row in enumerate(runnable):
+                display.status(f"{row.id}: preparing")
+                try:
+                    sizes = config.sizes or [by_name[row.model].resolution]
+                    spec, meta = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log)
+                except ShanshuiError as e:
+                    row.status, row.reason = "failed", str(e)
+                    display.log(f"{row.id}: failed: {e}")
+                    display.advance()
+                    continue
+                display.status(f"{row.id}: measuring")
+                if row.runner == "optimum":
+                    res = run_worker(spec, workdir, f"row{i}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
+                else:
+                    res = run_worker(spec, workdir, f"row{i}", s.timeout_s)
+                res.update(meta)
+                results[row.id] = res
+                row.status, row.reason = ("ok", None) if res.get("ok") else ("failed", res.get("error"))
+                display.log(report.one_line(row, res))
+                display.advance()
+        rep = report.build_report(config, rows, results, probe, optimum, refs)
+        rep["parent"] = {"pid": os.getpid(), "heavy_modules_loaded": sorted(m for m in HEAVY if m in sys.modules)}
+        rep["environment"]["load_average_1m"] = {"start": load_start, "end": _loadavg()}
+        return rep
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, i: int, sizes: list[int],
+              log: Callable[[str], None]) -> tuple[dict, dict]:
+    """The worker spec of a row (making its model and export first when needed), and facts for the report."""
+    from shanshui.bench import prepare
+
+    def run_task(spec: dict) -> dict:  # model making and exports run in worker processes too
+        return run_worker({**spec, "threads": s.threads}, workdir, f"prep{i}-{spec['task']}")
+
+    if ref.arch is not None or ref.source is not None:
+        prepare.ensure_model(ref, cache, run_task)
+    uses_export = row.backend in ("onnxruntime", "tensorrt")
+    if uses_export:
+        model_dir = prepare.ensure_export(ref, row.precision, cache, run_task, log)
+        meta = {"model_dir": str(model_dir), "disk_bytes": prepare.disk_bytes(model_dir, "onnx"),
+                "component_precisions": prepare.component_precisions(model_dir)}
+        if row.backend == "tensorrt":  # engines of the same precision, from the export of that precision
+            engines = prepare.ensure_engines(model_dir, row.precision, sizes, run_task, log)
+            plans = {p.name.split("-")[0]: p.stat().st_size for p in engines.glob("*.plan")}
+            meta["disk_bytes"] = {**{c: plans.get(c, 0) for c in ("text_encoder", "unet", "vae_decoder")}, "total": sum(plans.values())}
+    else:
+        model_dir = ref.source
+        meta = {"model_dir": str(model_dir), "disk_bytes": prepare.disk_bytes(model_dir, "diffusers"),
+                "component_precisions": {c: row.precision for c in ("text_encoder", "unet", "vae_decoder")}}
+    spec = {"task": "row", "runner": row.runner, "backend": row.backend, "device": row.device, "precision": row.precision,
+            "model_dir": str(model_dir), "height": row.size, "width": row.size, "prompt": s.prompt, "seed": s.seed,
+            "steps": s.steps, "guidance": s.guidance, "threads": s.threads, "warmup": s.warmup, "repeats": s.repeats,
+            "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy")}
+    if row.runner == "optimum":
+        shapes, dims = _stage_inputs(model_dir, s.guidance, row.size, row.size)
+        spec.update(stage_inputs=shapes, vocab_size=dims["vocab_size"], latent_channels=dims["latent_channels"],
+                    vae_scale=dims["vae_scale"])
+    return spec, meta
