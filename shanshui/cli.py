@@ -10,10 +10,12 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from shanshui.bench.commands import bench
 from shanshui.data.commands import app as data_app
+from shanshui.engines.commands import app as engine_app
 from shanshui.errors import ShanshuiError
 from shanshui.export.onnx_export import Precision
-from shanshui.runtime.backends import Backend, Device
+from shanshui.runtime.backends import Backend, Device, TorchPrecision
 from shanshui.runtime.samplers import Sampler
 from shanshui.train.arch import Arch
 from shanshui.train.commands import app as train_app
@@ -63,6 +65,17 @@ app = typer.Typer(
 
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(engine_app, name="engine")
+app.command()(bench)
+
+
+class Int8Target(str, enum.Enum):
+    cpu = "cpu"
+    tensorrt = "tensorrt"
+
+
+INT8_TARGET_HELP = ("int8 only. cpu: uint8 activations with zero points (ONNX Runtime's fast u8×s8 kernels); "
+                    "tensorrt: symmetric int8 activations, the Q/DQ form TensorRT builds engines from.")
 
 
 @app.command()
@@ -91,6 +104,7 @@ def export(
     width: Optional[int] = typer.Option(None, help="Image width the graphs are optimised and checked for (default: the model's)."),
     max_batch: int = typer.Option(4, help="Largest number of images per call in the shape profiles."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the image quality gate of lower precisions."),
+    int8_target: Int8Target = typer.Option(Int8Target.cpu, help=INT8_TARGET_HELP),
 ):
     """Export text encoder, U-Net and VAE decoder to ONNX, each checked against PyTorch (and fp16 against fp32)."""
     from shanshui.export.onnx_export import export_model
@@ -104,6 +118,7 @@ def export(
     manifest = export_model(
         model_dir, out_dir, precision=precision.value, height=height, width=width, max_batch=max_batch,
         on_event=lambda comp, what: typer.echo(f"  {comp}: {events.get(what, what)}", err=True), check=not no_check,
+        int8_target=int8_target.value,
     )
     _print_export(manifest)
 
@@ -133,11 +148,12 @@ def quantize(
     out_dir: Path = typer.Argument(..., help="Output folder for the lower-precision export."),
     precision: QuantizePrecision = typer.Option(QuantizePrecision.fp16, help="Target precision."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the image quality gate against fp32."),
+    int8_target: Int8Target = typer.Option(Int8Target.cpu, help=INT8_TARGET_HELP),
 ):
     """Convert an fp32 export to a lower precision, gated on image quality against fp32."""
     from shanshui.quantize import quantize_export
 
-    manifest = quantize_export(in_dir, out_dir, precision.value, check=not no_check,
+    manifest = quantize_export(in_dir, out_dir, precision.value, check=not no_check, int8_target=int8_target.value,
                                on_event=lambda comp, what: typer.echo(f"  {comp}: {what}", err=True))
     _print_export(manifest)
 
@@ -153,11 +169,15 @@ def generate(
     height: Optional[int] = typer.Option(None, help="Image height in pixels, a multiple of 8 (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width in pixels, a multiple of 8 (default: the model's)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp_2m, help="Sampling algorithm."),
-    backend: Backend = typer.Option(Backend.auto, help="auto: onnxruntime for an export folder, torch for a diffusers folder."),
+    backend: Backend = typer.Option(Backend.auto, help="auto: onnxruntime for an export folder, torch for a diffusers folder; "
+                                    "tensorrt runs the engines of `shanshui engine build`."),
     device: Device = typer.Option(Device.auto, help="auto uses a CUDA GPU when the backend can."),
     negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="What to steer away from."),
     num_images: int = typer.Option(1, help="Images to make from the prompt (one batch)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: SHANSHUI_THREADS or the runtime's choice)."),
+    precision: Optional[TorchPrecision] = typer.Option(None, help="torch backend: fp32 (default); fp16, bf16 on CUDA; int8 (bitsandbytes, CPU or CUDA)."),
+    cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="Replay static shapes as CUDA graphs "
+                                               "(tensorrt: on by default; torch on CUDA: the U-Net, off by default)."),
 ):
     """Paint a prompt into a PNG."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -170,7 +190,8 @@ def generate(
                   height=height, width=width, sampler=sampler.value, num_images=num_images)
     if output.suffix.lower() != ".png":
         raise ShanshuiError(f"output {output} must end in .png")
-    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads())
+    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
+                    precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
     pipe.validate(req)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=None, transient=True) as progress:

@@ -248,6 +248,7 @@ def export_model(
     max_batch: int = 4,
     on_event: Callable[[str, str], None] = lambda component, what: None,
     check: bool = True,
+    int8_target: str = "cpu",
 ) -> dict:
     """Export (or reuse) every component; returns the manifest. `on_event(component, 'skip'|'export'|'done')`.
 
@@ -260,7 +261,7 @@ def export_model(
 
         out = Path(out_dir) if out_dir is not None else default_out_dir(Path(model_dir), precision)
         export_model(model_dir, out / ".fp32", "fp32", height, width, max_batch, on_event)
-        return quantize_export(out / ".fp32", out, precision, check=check, on_event=on_event)
+        return quantize_export(out / ".fp32", out, precision, check=check, on_event=on_event, int8_target=int8_target)
     source = open_source(model_dir)
     _require_torch()
     res = model_resolution(source.root)

@@ -18,6 +18,7 @@ from typing import Callable
 from shanshui.errors import ShanshuiError
 
 PRECISIONS = ("fp16", "int8")
+INT8_TARGETS = ("cpu", "tensorrt")
 FP16_VERSION = 2  # bump when a conversion changes, so old outputs are rebuilt
 # Calibration prompts (distinct from the gate's), painted with the fp32 export to record real U-Net inputs.
 CALIBRATION_PROMPTS = (
@@ -35,8 +36,11 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool = True,
-                    on_event: Callable[[str, str], None] = lambda c, e: None) -> dict:
-    """Convert the fp32 export at `src` to `precision` into `out`; returns the new manifest."""
+                    on_event: Callable[[str, str], None] = lambda c, e: None, int8_target: str = "cpu") -> dict:
+    """Convert the fp32 export at `src` to `precision` into `out`; returns the new manifest.
+
+    int8_target: `cpu` — uint8 activations with zero points (ONNX Runtime's fast u8×s8 kernels); `tensorrt` —
+    symmetric int8 activations, the only Q/DQ form TensorRT's explicit quantization takes."""
     from shanshui.export.contract import components
     from shanshui.export.manifest import MANIFEST, open_exported, read_manifest
     from shanshui.fsutil import umask, write_json_atomic
@@ -51,7 +55,10 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         raise ShanshuiError(f"{src} is a {source.manifest['precision']} export; quantize from an fp32 export")
     if out.resolve() == src.resolve():
         raise ShanshuiError("IN and OUT are the same folder; choose a new OUT")
-    key = {"precision": precision, "version": FP16_VERSION, "check": check, "block_ops": list(FP16_BLOCK_OPS),
+    if int8_target not in INT8_TARGETS:
+        raise ShanshuiError(f"int8 target {int8_target!r} is not one of {', '.join(INT8_TARGETS)}")
+    key = {"precision": precision, "int8_target": int8_target if precision == "int8" else None, "version": FP16_VERSION,
+           "check": check, "block_ops": list(FP16_BLOCK_OPS),
            "calibration": [list(CALIBRATION_PROMPTS), list(CALIBRATION_SEEDS), CALIBRATION_STEPS],
            "source": {c: e["key"] for c, e in source.manifest["components"].items()}}
     old = read_manifest(out) if out.is_dir() else None
@@ -68,6 +75,11 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
     tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
     feeds = _LazyFeeds(src, on_event)
+    fmt = None
+    if precision == "int8":
+        from shanshui.quantize.int8 import int8_format
+
+        fmt = int8_format("qdq", "int8", reduce_range=False) if int8_target == "tensorrt" else int8_format("qdq", "uint8")
     try:
         _copy_side_files(src, tmp)
         specs = components(source.dims)
@@ -75,7 +87,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         for name, entry in manifest["components"].items():
             (tmp / name).mkdir(exist_ok=True)
             shutil.copy2(src / name / "config.json", tmp / name / "config.json")
-            convert = functools.partial(_int8_component, feeds=feeds) if precision == "int8" else _fp16_component
+            convert = functools.partial(_int8_component, feeds=feeds, fmt=fmt) if precision == "int8" else _fp16_component
             files, info = convert(src, tmp, name, entry, on_event)
             if info["precision"] != "fp32" and not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
                 for f in files:
@@ -142,18 +154,18 @@ class _LazyFeeds:
         return self.feeds[name]
 
 
-def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds) -> tuple[list[str], dict]:
+def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds, fmt: dict) -> tuple[list[str], dict]:
     """U-Net: int8 QDQ. Text encoder and VAE decoder: int8 if their measured output quality holds, else fp16."""
     from shanshui.quantize.int8 import output_quality, quantize_int8, quantize_unet_int8
 
     files = lambda: sorted(p.name for p in (tmp / name).glob("model.onnx*"))  # noqa: E731
     if name == "unet":
         on_event(name, "quantizing to int8 (each layer's own int8 error measured first)")
-        info = quantize_unet_int8(src / entry["file"], tmp / entry["file"], feeds[name])
+        info = quantize_unet_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt)
         return files(), {"precision": "int8", **info}
     output, images, floor = COMPONENT_FLOORS[name]
     on_event(name, "quantizing to int8 and measuring its output against fp32")
-    info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], always_float=())
+    info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt, always_float=())
     quality = output_quality(src / entry["file"], tmp / entry["file"], feeds[name], output, images)
     measure = {"metric": "image PSNR (dB)" if images else "output SNR (dB)", "int8": quality, "floor": floor}
     if quality >= floor:

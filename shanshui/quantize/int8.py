@@ -43,6 +43,8 @@ def int8_format(quant_format: str = "qdq", activations: str = "uint8", reduce_ra
     if activations not in ("uint8", "int8"):
         raise ShanshuiError(f"int8 activations {activations!r} must be uint8 or int8")
     x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if reduce_range is None and activations == "int8":
+        reduce_range = False  # symmetric int8 (TensorRT): full range
     if reduce_range is None:
         reduce_range = bool(x86 and not cpu_has_vnni())
     return {"format": quant_format.upper() if quant_format == "qdq" else "QOperator", "activations": activations,
@@ -123,7 +125,9 @@ def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict) -> None:
         op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True, reduce_range=fmt["reduce_range"],
         activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
         use_external_data_format=_is_large(src),
-        extra_options={"ActivationSymmetric": fmt["activations"] == "int8", "WeightSymmetric": True},
+        # symmetric int8 (TensorRT's form) leaves biases float: TensorRT has no int32 DequantizeLinear
+        extra_options={"ActivationSymmetric": fmt["activations"] == "int8", "WeightSymmetric": True,
+                       "QuantizeBias": fmt["activations"] == "uint8"},
     )
 
 

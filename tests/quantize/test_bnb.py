@@ -39,3 +39,16 @@ def test_int8_linear_layers_follow_fp32(tiny_model):
     a, b = ref.unet(x, t, cond), q.unet(x, t, q.text_encoder(ids))
     snr = 10 * np.log10(np.sum(a.astype(np.float64) ** 2) / np.sum((a - b) ** 2))
     assert snr > 20, f"int8 U-Net output SNR {snr:.1f} dB"  # stated tolerance: 20 dB on random weights
+
+
+def test_generate_with_torch_int8_from_the_cli(tiny_model, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from typer.testing import CliRunner
+
+    from shanshui.cli import app
+
+    out = tmp_path / "int8.png"
+    r = CliRunner().invoke(app, ["generate", "一棵青松", "-m", str(tiny_model), "--backend", "torch", "--precision", "int8",
+                                 "--steps", "2", "--height", "64", "--width", "64", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and out.stat().st_size > 0

@@ -65,3 +65,17 @@ def test_calibration_is_deterministic(tiny_export):
     b = record_calibration(tiny_export, ("青山",), (3,), 3)
     assert len(a) == 3 and all(x["sample"].shape[0] == 2 for x in a)  # both guidance branches in every feed
     assert all((x[k] == y[k]).all() for x, y in zip(a, b) for k in x)
+
+
+def test_tensorrt_target_gives_the_symmetric_int8_form_tensorrt_builds(int8_export, tiny_export, tmp_path, monkeypatch):
+    import shanshui.quantize as q
+    from shanshui.engines.build import check_qdq_for_tensorrt
+    from shanshui.errors import ShanshuiError
+
+    with pytest.raises(ShanshuiError, match="--int8-target tensorrt"):  # the default (CPU) form has uint8 zero points
+        check_qdq_for_tensorrt(int8_export / "unet" / "model.onnx")
+    monkeypatch.setattr(q, "CALIBRATION_PROMPTS", ("水墨山水",))
+    monkeypatch.setattr(q, "CALIBRATION_STEPS", 2)
+    m = quantize_export(tiny_export, tmp_path / "trt", "int8", check=False, int8_target="tensorrt")
+    assert m["quantization"]["unet"]["format"]["activations"] == "int8"
+    check_qdq_for_tensorrt(tmp_path / "trt" / "unet" / "model.onnx")  # raises if any Q/DQ is not symmetric int8
