@@ -100,7 +100,9 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         write_json_atomic(tmp / MANIFEST, manifest)  # the candidate is a loadable export from here on
         if check:
             on_event("*", "checking image quality against fp32")
-            manifest["gate"] = check_quality(src, tmp, precision)
+            from shanshui.runtime.backends import default_threads
+
+            manifest["gate"] = check_quality(src, tmp, precision, threads=default_threads())
             enforce(manifest["gate"])
         (out / MANIFEST).unlink(missing_ok=True)  # OUT is incomplete until the new manifest lands
         for name, entry in manifest["components"].items():  # drop files of an older export the new one lacks
@@ -150,7 +152,9 @@ class _LazyFeeds:
 
         if self.feeds is None:
             self.on_event("*", f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
-            self.feeds = record_feeds(self.src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS)
+            from shanshui.runtime.backends import default_threads
+
+            self.feeds = record_feeds(self.src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS, threads=default_threads())
         return self.feeds[name]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 
+MIN_LAYER_SNR_DB = 25.0  # a layer whose own int8 output SNR is below this stays float (typical layers: 35-45 dB)
 ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj")  # name fragments of float layers
 
 
@@ -117,18 +118,57 @@ def candidate_nodes(model, always_float=ALWAYS_FLOAT) -> tuple[list[str], list[s
 
 
 def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict) -> None:
+    import logging
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    act = QuantType.QUInt8 if fmt["activations"] == "uint8" else QuantType.QInt8
-    quantize_static(
-        str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ if fmt["format"] == "QDQ" else QuantFormat.QOperator,
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True, reduce_range=fmt["reduce_range"],
-        activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
-        use_external_data_format=_is_large(src),
-        # symmetric int8 (TensorRT's form) leaves biases float: TensorRT has no int32 DequantizeLinear
-        extra_options={"ActivationSymmetric": fmt["activations"] == "int8", "WeightSymmetric": True,
-                       "QuantizeBias": fmt["activations"] == "uint8"},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer warns on the root logger to run its optional pre-processing
+    try:
+        quantize_static(
+            str(src), str(dst), _Feeds(feeds), quant_format=QuantFormat.QDQ if fmt["format"] == "QDQ" else QuantFormat.QOperator,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True, reduce_range=fmt["reduce_range"],
+            activation_type=QuantType.QUInt8 if fmt["activations"] == "uint8" else QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_is_large(src),
+            # symmetric int8 (TensorRT's form) leaves biases float: TensorRT has no int32 DequantizeLinear
+            extra_options={"ActivationSymmetric": fmt["activations"] == "int8", "WeightSymmetric": True,
+                           "QuantizeBias": fmt["activations"] == "uint8"},
+        )
+    finally:
+        root.setLevel(level)
+    store_float_weights_fp16(dst)
+
+
+def store_float_weights_fp16(path: Path, min_elements: int = 1024) -> int:
+    """Store the float32 weights left in an int8 graph (layers kept float) as float16 initializers feeding a Cast to
+    float32: half the bytes on disk, the same float32 compute (ONNX Runtime folds the Casts when it loads the graph).
+    Returns the bytes saved. Graphs with external data are left as they are."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if _is_large(path):
+        return 0
+    model = onnx.load(str(path))
+    graph = model.graph
+    q_inputs = {i for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input}
+    casts, saved = [], 0
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT or init.name in q_inputs:
+            continue
+        arr = numpy_helper.to_array(init)
+        if arr.size < min_elements or not np.all(np.isfinite(arr)) or np.abs(arr).max() >= 65504:
+            continue
+        half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_fp16")
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT, name=init.name + "_to_fp32"))
+        saved += arr.size * 2
+    if casts:
+        for node in reversed(casts):
+            graph.node.insert(0, node)
+        onnx.save(model, str(path))
+    return saved
 
 
 def _is_large(path: Path) -> bool:
@@ -136,7 +176,7 @@ def _is_large(path: Path) -> bool:
     return any(p.name.startswith(path.name + ".") for p in path.parent.iterdir())
 
 
-def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = 30.0,
+def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = MIN_LAYER_SNR_DB,
                   probe_feeds: int = 4, always_float=ALWAYS_FLOAT) -> dict:
     """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float."""
     import onnx
@@ -162,7 +202,7 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
             "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr, "snr_measure": "isolated (one layer in int8)"}
 
 
-def quantize_unet_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = 30.0,
+def quantize_unet_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = MIN_LAYER_SNR_DB,
                        probe_feeds: int = 4) -> dict:
     """The U-Net: conv_in, conv_out and the time embedding stay float by rule, the rest by measurement."""
     return quantize_int8(src, dst, feeds, fmt, min_layer_snr_db, probe_feeds, ALWAYS_FLOAT)

@@ -54,3 +54,31 @@ def test_isolated_snr_singles_out_the_layer_with_outlier_inputs(tmp_path):
     snr = isolated_layer_snr(tmp_path / "m.onnx", feeds, ["conv_a", "conv_b"], probe=3)
     assert snr["conv_a"] > 30  # a plain conv in int8: ~35–40 dB
     assert snr["conv_b"] < snr["conv_a"] - 10  # the outlier stretches the activation scale
+
+
+def test_float_weights_left_in_an_int8_graph_are_stored_fp16(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shanshui.quantize.int8 import store_float_weights_fp16
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(4, np.float32), "small")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    size = path.stat().st_size
+    assert store_float_weights_fp16(path) == w.size * 2
+    model = onnx.load(str(path))
+    kinds = {i.name: i.data_type for i in model.graph.initializer}
+    assert kinds == {"w_fp16": TensorProto.FLOAT16, "small": TensorProto.FLOAT}  # small tensors are not worth it
+    assert model.graph.node[0].op_type == "Cast" and path.stat().st_size < size - w.size
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(after - before).max() <= 1e-3 * np.abs(before).max()  # fp16 weight rounding only
