@@ -134,6 +134,9 @@ def _print_export(manifest: dict) -> None:
     if gate:
         typer.echo(f"  quality gate vs fp32: worst PSNR {gate['worst']['psnr_db']} dB, SSIM {gate['worst']['ssim']} "
                    f"(floors {gate['floors']}); U-Net step SNR {min(gate['unet_step_snr_db'])}–{max(gate['unet_step_snr_db'])} dB")
+        agreement = gate.get("attribute_agreement", {})
+        if agreement.get("available"):
+            typer.echo(f"  attributes read alike in fp32 and {gate['precision']} images: {agreement['mean']:.0%} (eval's classifier)")
     typer.echo(f"wrote {manifest['out_dir']}")
 
 

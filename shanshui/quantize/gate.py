@@ -51,13 +51,14 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
     cand_pipe = Pipeline(candidate, threads=threads)
     recorder = _Recorder(ref_pipe.components.unet)
     ref_pipe.components.unet = recorder
-    images, step_snr = [], []
+    images, step_snr, pairs = [], [], []
     for prompt in prompts:
         for seed in seeds:
             req = Request(prompt, steps=steps, seed=seed, guidance=5.0)
             recorder.calls.clear()
             a = ref_pipe(req).images[0]
             b = cand_pipe(req).images[0]
+            pairs.append((a, b))
             images.append({"prompt": prompt, "seed": seed, "psnr_db": round(psnr(a, b), 2), "ssim": round(ssim(a, b), 4)})
             step_snr.append([snr_db(out, cand_pipe.components.unet(x, t, c)) for x, t, c, out in recorder.calls])
     floors = FLOORS[precision]
@@ -72,8 +73,26 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
         "unet_step_snr_db": [round(float(np.mean(col)), 2) for col in zip(*step_snr)],  # mean over images, per step
         "steps": steps,
     }
+    report["attribute_agreement"] = attribute_agreement(pairs)
     report["passed"] = all(worst[k] >= v for k, v in floors.items())
     return report
+
+
+def attribute_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """How often `shanshui eval`'s attribute classifier reads the same attributes in the candidate's image as in
+    fp32's (reported, not a floor). Uses the classifier only if `shanshui eval` trained it on this machine."""
+    try:
+        from shanshui.train.evaluate import cached_classifier, predict, thumbnails
+
+        net = cached_classifier()
+    except ImportError:  # no torch
+        net = None
+    if net is None:
+        return {"available": False, "why": "the attribute classifier is not trained on this machine (run `shanshui eval` once)"}
+    ref = predict(net, thumbnails([a for a, _ in pairs]))
+    got = predict(net, thumbnails([b for _, b in pairs]))
+    per = {k: round(float(np.mean(ref[k] == got[k])), 3) for k in ref}
+    return {"available": True, "per_attribute": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 
 
 def enforce(report: dict) -> None:

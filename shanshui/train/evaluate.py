@@ -81,18 +81,35 @@ def predict(net, x: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.concatenate([o[k].argmax(1).numpy() for o in outs]) for k in outs[0]}
 
 
+def _classifier_cache(n_train: int, n_test: int, size: int, epochs: int, cache: Path | None) -> Path:
+    """Where the classifier for these settings and this renderer's source is kept."""
+    import shanshui.data.render as render_mod
+    import shanshui.data.scene as scene_mod
+
+    src = b"".join(Path(m.__file__).read_bytes() for m in (render_mod, scene_mod))
+    key = hashlib.sha256(src + f"{n_train},{n_test},{size},{epochs},{CLS_SIZE}".encode()).hexdigest()[:16]
+    return Path(cache or Path.home() / ".cache" / "shanshui") / f"attribute-classifier-{key}"
+
+
+def cached_classifier(cache: Path | None = None):
+    """The default attribute classifier if `shanshui eval` already trained it on this machine, else None."""
+    from safetensors.torch import load_file
+
+    path = _classifier_cache(4000, 500, 256, 12, cache) / "model.safetensors"
+    if not path.is_file():
+        return None
+    net = build_classifier()
+    net.load_state_dict(load_file(str(path)))
+    return net
+
+
 def train_classifier(n_train: int = 4000, n_test: int = 500, size: int = 256, epochs: int = 12,
                      cache: Path | None = None, progress: Callable[[str], None] = lambda s: None):
     """(classifier, per-attribute accuracy on held-out renders). Cached by renderer source + settings."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    import shanshui.data.render as render_mod
-    import shanshui.data.scene as scene_mod
-
-    src = b"".join(Path(m.__file__).read_bytes() for m in (render_mod, scene_mod))
-    key = hashlib.sha256(src + f"{n_train},{n_test},{size},{epochs},{CLS_SIZE}".encode()).hexdigest()[:16]
-    cache = Path(cache or Path.home() / ".cache" / "shanshui") / f"attribute-classifier-{key}"
+    cache = _classifier_cache(n_train, n_test, size, epochs, cache)
     net = build_classifier()
     test_scenes, test_images = _render_set(TEST_BASE, n_test, size)
     x_test = thumbnails(test_images)

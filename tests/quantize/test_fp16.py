@@ -59,6 +59,25 @@ def test_gate_report_and_manifest(fp16_export):
     assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder"))
     assert m["files_bytes"]["unet"] == sum(m["components"]["unet"]["files"].values())
     assert not list(fp16_export.glob(".candidate-*"))
+    agreement = m["gate"]["attribute_agreement"]  # eval's classifier, when trained on this machine
+    assert agreement["available"] is False or 0.0 <= agreement["mean"] <= 1.0
+
+
+def test_attribute_agreement_reads_both_images_with_the_classifier(monkeypatch):
+    import numpy as np
+
+    import shanshui.train.evaluate as ev
+    from shanshui.quantize.gate import attribute_agreement
+
+    monkeypatch.setattr(ev, "cached_classifier", lambda: None)
+    assert attribute_agreement([])["available"] is False
+    net = ev.build_classifier()
+    monkeypatch.setattr(ev, "cached_classifier", lambda: net)
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    same = attribute_agreement([(x, x) for x in a])
+    assert same["available"] and same["mean"] == 1.0  # identical images: the same reading of every attribute
+    assert set(same["per_attribute"]) == set(ev.attribute_classes())
 
 
 def test_fp16_generates_like_fp32(fp16_export, tiny_export):
