@@ -25,7 +25,7 @@ def draw_chart(report: dict) -> Image.Image:
     d = ImageDraw.Draw(img)
     f, fb, fs = _font(14), _font(18), _font(12)
     env, s = report["environment"], report["settings"]
-    d.text((12, 10), f"shanshui bench: {s['steps']} steps, {env.get('threads') or 'default'} threads, "
+    d.text((12, 10), f"shanshui bench: {s['steps']} steps, {env.get('threads') or 'default'} thread{'' if env.get('threads') == 1 else 's'}, "
                      f"{env.get('cpu')}" + (f", {env['gpu']}" if env.get("gpu") else ""), fill="black", font=fb)
     x_gen, x_unet = LABEL_W, LABEL_W + PANEL_W + GAP
     d.text((x_gen, TOP - 26), "generation, median (s)", fill="black", font=f)
