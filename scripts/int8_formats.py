@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="U-Net batch (both guidance branches of one image: 2)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--min-layer-snr", type=float, default=30.0)
+    ap.add_argument("--min-layer-snr", type=float, default=None, help="default: the library's MIN_LAYER_SNR_DB")
     ap.add_argument("--calib-prompts", type=int, default=None, help="use only the first N calibration prompts")
     ap.add_argument("--calib-size", type=int, default=None, help="image size of the calibration runs (default: the export's)")
     ap.add_argument("--quantize-only", action="store_true", help="make the variants, skip the timing")
@@ -50,7 +50,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from shanshui.quantize import CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS
-    from shanshui.quantize.int8 import _quantize, candidate_nodes, int8_format, record_calibration
+    from shanshui.quantize.int8 import MIN_LAYER_SNR_DB, _quantize, candidate_nodes, int8_format, record_calibration
     from shanshui.quantize.sensitivity import isolated_layer_snr
 
     src = args.export / "unet" / "model.onnx"
@@ -71,7 +71,9 @@ def main() -> None:
         t = time.perf_counter()
         snr = isolated_layer_snr(src, feeds, allowed)
         report["sensitivity_s"] = round(time.perf_counter() - t, 1)
-        nodes = [n for n in allowed if snr[n] >= args.min_layer_snr]
+        floor = args.min_layer_snr if args.min_layer_snr is not None else MIN_LAYER_SNR_DB
+        nodes = [n for n in allowed if snr[n] >= floor]
+        report["min_layer_snr_db"] = floor
         report["quantized_layers"], report["candidate_layers"] = len(nodes), len(allowed)
         (work / "layer_snr.json").write_text(json.dumps(snr, indent=1), encoding="utf-8")
 

@@ -21,7 +21,6 @@ SKIP = {"checkpoints", "samples", "latents.safetensors", "loss.jsonl"}
 
 def fp16_copy(src: Path, dst: Path) -> None:
     """Copy a diffusers folder, every floating-point safetensors tensor cast to float16."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     for path in sorted(src.rglob("*")):
