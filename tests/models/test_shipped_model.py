@@ -1,0 +1,44 @@
+"""The default model inside the package: present, within its size budget, loadable by both backends, and gated."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shanshui.models import DEFAULT_DIFFUSERS, DEFAULT_ONNX, default_model_path, default_source_path
+
+BUDGET_BYTES = 80_000_000
+
+
+def test_the_package_ships_a_default_model_within_budget():
+    assert default_model_path() == DEFAULT_ONNX and default_source_path() == DEFAULT_DIFFUSERS
+    total = sum(p.stat().st_size for p in DEFAULT_ONNX.parent.rglob("*") if p.is_file())
+    assert total <= BUDGET_BYTES, f"{total / 1e6:.1f} MB"
+    weights = [p for p in DEFAULT_DIFFUSERS.rglob("*.safetensors")]
+    assert {p.parent.name for p in weights} == {"text_encoder", "unet", "vae"}
+
+
+def test_shipped_export_passed_its_gate_and_says_what_it_is():
+    m = json.loads((DEFAULT_ONNX / "shanshui_manifest.json").read_text(encoding="utf-8"))
+    assert m["gate"]["passed"] and m["gate"]["worst"]["psnr_db"] >= m["gate"]["floors"]["psnr_db"]
+    assert m["quantization"]["unet"]["precision"] == "int8"
+    assert not any(str(v).startswith("/") for v in (m.get("out_dir"), m.get("source_export")))  # no build paths
+
+
+def test_generate_without_a_model_uses_the_shipped_export():
+    from shanshui.runtime.pipeline import Pipeline, Request
+
+    pipe = Pipeline(threads=1)
+    assert pipe.backend == "onnxruntime" and pipe.root == DEFAULT_ONNX
+    result = pipe(Request("一棵青松，青山环绕，云雾缭绕", steps=3, seed=0))
+    image = result.images[0]
+    assert image.shape == (*pipe.default_size, 3) and image.std() > 2  # a picture, not a flat field
+
+
+def test_shipped_fp16_safetensors_load_in_pytorch():
+    pytest.importorskip("diffusers")
+    from shanshui.runtime.backends import TorchComponents
+
+    parts = TorchComponents.from_folder(DEFAULT_DIFFUSERS, device="cpu", threads=1)
+    ids = np.zeros((2, parts.te.config.max_position_embeddings), np.int64)
+    assert np.isfinite(parts.text_encoder(ids)).all()
