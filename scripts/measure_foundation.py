@@ -55,6 +55,7 @@ def main() -> None:
     unet = _load_module(source, "unet")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning ORT threads would slow the torch calls
     sess = ort.InferenceSession(str(onnx_dir / "unet" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"sample": rng.standard_normal((2, 4, args.latent, args.latent)).astype(np.float32),
