@@ -83,7 +83,8 @@ class Display:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=Console(stderr=True))
+                                     TimeElapsedColumn(), console=Console(stderr=True),
+                                     refresh_per_second=1)  # few wake-ups of this process while a row measures
             self.task = self.progress.add_task("preparing", total=total)
 
     def __enter__(self):
