@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ComponentSpec, ModelDims, ShapeSettings
+from shanshui.export.contract import ComponentSpec, ModelDims, ShapeSettings, check_size
 
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -51,12 +51,8 @@ def check_bucket(b: Bucket, dims: ModelDims, shapes: ShapeSettings) -> None:
     if not 1 <= b.batch <= shapes.max_batch:
         raise ShanshuiError(f"--shapes {b}: images per call must be 1..{shapes.max_batch} for this export; "
                             f"re-export with a larger --max-batch")
-    m = dims.size_multiple
     for name, v in (("height", b.height), ("width", b.width)):
-        if v <= 0 or v % m:
-            raise ShanshuiError(f"--shapes {b}: {name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
-        if not shapes.min_size <= v <= shapes.max_size:
-            raise ShanshuiError(f"--shapes {b}: {name} {v} is outside the exported range {shapes.min_size}..{shapes.max_size}")
+        check_size(name, v, dims.size_multiple, shapes.min_size, shapes.max_size, prefix=f"--shapes {b}: ")
 
 
 def parse_buckets(text: str | None, dims: ModelDims, shapes: ShapeSettings) -> list[Bucket]:

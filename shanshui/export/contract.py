@@ -41,6 +41,14 @@ class ModelDims:
     size_multiple: int  # image sides must be multiples of this (VAE scale × U-Net downsampling)
 
 
+def check_size(name: str, v: int, multiple: int, lo: int, hi: int, prefix: str = "") -> None:
+    """An image side must be a positive multiple of the model's stride and inside the exported range."""
+    if v <= 0 or v % multiple:
+        raise ShanshuiError(f"{prefix}{name} {v} must be a multiple of {multiple} for this model; try {max(multiple, round(v / multiple) * multiple)}")
+    if not lo <= v <= hi:
+        raise ShanshuiError(f"{prefix}{name} {v} is outside the exported range {lo}..{hi}")
+
+
 @dataclass(frozen=True)
 class ShapeSettings:
     """What the export chooses: the image sizes and batch the components are built and checked for."""
@@ -52,12 +60,8 @@ class ShapeSettings:
     max_batch: int = 4  # images per call
 
     def check(self, dims: ModelDims) -> None:
-        m = dims.size_multiple
         for name, v in (("height", self.height), ("width", self.width)):
-            if v <= 0 or v % m:
-                raise ShanshuiError(f"{name} {v} must be a positive multiple of {m} for this model; try {max(m, round(v / m) * m)}")
-            if not self.min_size <= v <= self.max_size:
-                raise ShanshuiError(f"{name} {v} is outside the exported range {self.min_size}..{self.max_size}")
+            check_size(name, v, dims.size_multiple, self.min_size, self.max_size)
         if self.max_batch < 1:
             raise ShanshuiError(f"batch must be at least 1, got {self.max_batch}")
 
