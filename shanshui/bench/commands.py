@@ -8,8 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from shanshui.bench.plan import DEFAULT_PROMPT, BenchBackend, BenchDevice, BenchPrecision, Peer
+from shanshui.bench.plan import DEFAULT_PROMPT, BenchBackend, BenchPrecision, Peer
 from shanshui.errors import ShanshuiError
+from shanshui.runtime.backends import Device
 
 
 def bench(
@@ -20,7 +21,7 @@ def bench(
     size: Optional[str] = typer.Option(None, help="Image sizes in pixels, comma-separated, e.g. 256,512 (default: each model's)."),
     backends: str = typer.Option("onnxruntime,torch,tensorrt", help="shanshui backends to measure, comma-separated."),
     precisions: str = typer.Option("fp32,fp16,int8", help="Precisions to measure where a backend has them, comma-separated."),
-    device: BenchDevice = typer.Option(BenchDevice.auto, help="auto: the CPU, and the GPU when there is one."),
+    device: Device = typer.Option(Device.auto, help="auto: the CPU, and the GPU when there is one."),
     peers: str = typer.Option("diffusers", help="Peers: diffusers (eager PyTorch, the baseline of the ratios), optimum "
                                                 "(builds its own pinned venv on first use), or none."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps per generation (default 25; --quick: 4)."),

@@ -34,12 +34,6 @@ class Peer(str, enum.Enum):
     none = "none"
 
 
-class BenchDevice(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 # What each runner/backend can run, per device (combinations outside these are not rows at all).
 SUPPORTED = {
     ("onnxruntime", "cpu"): ("fp32", "fp16", "int8"),
