@@ -20,12 +20,26 @@ FP16_BLOCK_OPS = (
 )
 
 
+PROTOBUF_LIMIT = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph
+
+
+def tensor_bytes(model) -> int:
+    """Bytes of the model's initializers and constant tensors (ByteSize() itself fails past protobuf's 2 GB)."""
+    from onnx import numpy_helper
+
+    def size(t) -> int:
+        return len(t.raw_data) if t.raw_data else numpy_helper.to_array(t).nbytes
+
+    consts = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(size(t) for t in list(model.graph.initializer) + consts)
+
+
 def save_onnx(model, path: Path) -> list[str]:
     """Save a ModelProto as path (+ path.data when over 2 GB); returns the file names written."""
     import onnx
 
     path = Path(path)
-    if model.ByteSize() < 2**31 - 2**26:  # protobuf's 2 GB limit, with room for the graph
+    if tensor_bytes(model) < PROTOBUF_LIMIT:
         onnx.save(model, str(path))
         return [path.name]
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
@@ -39,9 +53,14 @@ def convert_fp16(src: Path, dst: Path, block_ops: tuple[str, ...] = FP16_BLOCK_O
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     except ImportError as e:
         raise ShanshuiError(f"fp16 conversion needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
-    model = onnx.load(str(src))  # loads external data too
+    from onnx.external_data_helper import load_external_data_for_model
+
+    # The converter needs every value's type to place casts; it infers them itself only for models protobuf can
+    # serialise, so infer them here on the graph alone (weights still on disk), then load the weights.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    load_external_data_for_model(model, str(Path(src).parent))
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(block_ops),
-                                    disable_shape_infer=model.ByteSize() >= 2**31 - 2**26)
+                                    disable_shape_infer=True)
     return save_onnx(fp16, dst)
 
 
