@@ -33,6 +33,8 @@ def bench(
     stage_repeats: Optional[int] = typer.Option(None, help="Measured direct calls per stage (default 5; --quick: 1)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for every row (default: SHANSHUI_THREADS or all cores)."),
     quick: bool = typer.Option(False, "--quick", help="A short run: 4 steps, 1 warm-up, 1 repeat."),
+    steady: bool = typer.Option(True, "--steady/--no-steady", help="Re-run calls measured while the machine was disturbed "
+                                                                   "(a CPU capacity probe around each call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report path stem: writes STEM.json, STEM.md and STEM.png "
                                                                  "(default: ./bench-report)."),
     compare: Optional[Path] = typer.Option(None, help="An older report: print new/old per row."),
@@ -61,7 +63,8 @@ def bench(
         from shanshui.runtime.backends import default_threads
 
         kw = dict(prompt=prompt, seed=seed, guidance=guidance, steps=steps, warmup=warmup, repeats=repeats,
-                  stage_repeats=stage_repeats, threads=threads or default_threads() or os.cpu_count(), timeout_s=timeout)
+                  stage_repeats=stage_repeats, threads=threads or default_threads() or os.cpu_count(), timeout_s=timeout,
+                  steady=steady)
         settings = Settings.quick_settings(**kw) if quick else Settings(**{k: v for k, v in kw.items() if v is not None})
         if not prompt.strip():
             raise ShanshuiError("the prompt is empty; pass --prompt with a painting to describe")

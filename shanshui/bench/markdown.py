@@ -66,6 +66,13 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
             f"{_x((sp or {}).get('generation'))} / {_x((sp or {}).get('unet_step'))}", quality,
         ]
         out.append("| " + " | ".join(cells) + " |")
+    if s.get("steady"):
+        steady = [(r["id"], r.get("steadiness") or {}) for r in report["rows"] if r["status"] == "ok"]
+        rerun = [f"`{rid}` {st.get('rerun', 0)} re-run" + (f", {st['kept_disturbed']} kept disturbed" if st.get("kept_disturbed") else "")
+                 for rid, st in steady if st.get("rerun") or st.get("kept_disturbed")]
+        out += ["", f"Steadiness (probe baseline {s.get('probe_baseline_ms') or '—'} ms, a call is disturbed when the probe "
+                    f"next to it is over {steady[0][1].get('tolerance', 1.3) if steady else 1.3}× that): "
+                + ("; ".join(rerun) if rerun else "no call was disturbed") + "."]
     not_run = [r for r in report["rows"] if r["status"] != "ok"]
     if not_run:
         out += ["", "Not run:", ""]
@@ -83,5 +90,8 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
             "*disk*: the weights the row loads (ONNX files, or the safetensors of the diffusers folder, VAE encoder included).",
             "- *× diffusers*: diffusers' StableDiffusionPipeline (PyTorch eager, same model, size, steps, scheduler, "
             "threads, device) time ÷ this row's; above 1 is faster than diffusers.",
-            "- *PSNR / SSIM*: the row's image against an fp32 row's (same prompt, seed and initial noise).", ""]
+            "- *PSNR / SSIM*: the row's image against an fp32 row's (same prompt, seed and initial noise).",
+            "- *Steadiness*: a CPU capacity probe (NumPy threads, one per row thread) runs before and after every "
+            "measured call; a call whose probe was slow (another tenant took part of a core) was measured again once "
+            "the machine settled, within a budget (`shanshui/bench/steady.py`; `--no-steady` turns it off).", ""]
     return "\n".join(out)

@@ -1,9 +1,10 @@
 """The Optimum peer of `shanshui bench`: ORTStableDiffusionPipeline on a shanshui fp32 export, in Optimum's own venv.
 
 Standalone on purpose: run by that venv's python (`python optimum_worker.py < spec.json`), it imports Optimum,
-diffusers, torch and onnxruntime from there and never imports shanshui. It measures what worker.py measures for a
-shanshui row (load, cold and steady generations with per-step times from the step callback, each stage called the
-way the pipeline calls it, peak RSS per phase) and writes the same JSON shape to spec["result"].
+diffusers, torch and onnxruntime from there and never imports shanshui, only loads bench/steady.py by path. It
+measures what worker.py measures for a shanshui row (load, cold and steady generations with per-step times from the
+step callback, each stage called the way the pipeline calls it, peak RSS per phase, calls re-run where the machine
+was disturbed) and writes the same JSON shape to spec["result"].
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ class PeakRss:
         return r / 2**20 if sys.platform == "darwin" else r / 1024
 
 
+def load_steady(path: str):
+    """shanshui's bench/steady.py (NumPy and stdlib only), loaded by path: this venv has no shanshui."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shanshui_bench_steady", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def versions() -> dict:
     out = {}
     for dist in ("optimum", "optimum-onnx", "onnxruntime", "onnxruntime-gpu", "diffusers", "transformers", "torch",
@@ -71,7 +82,7 @@ def versions() -> dict:
     return out
 
 
-def run(spec: dict, mem: PeakRss) -> dict:
+def run(spec: dict, mem: PeakRss, guard) -> dict:
     mem.reset()
     t0 = time.perf_counter()
     import onnxruntime as ort
@@ -116,19 +127,24 @@ def run(spec: dict, mem: PeakRss) -> dict:
         rec["marks"].append(time.perf_counter())
         return kwargs
 
-    mem.reset()
-    runs, steps, split, first, image = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None, None
-    for k in range(spec["warmup"] + spec["repeats"]):
+    def run_once() -> dict:
         rec.clear()
         rec["marks"] = []
         t0 = time.perf_counter()
         out = pipe(spec["prompt"], negative_prompt="", num_inference_steps=spec["steps"], guidance_scale=spec["guidance"],
                    height=h, width=w, latents=latents, output_type="np", callback_on_step_end=on_step)
         total = time.perf_counter() - t0
-        image = np.round(np.clip(out.images[0], 0, 1) * 255).astype(np.uint8)  # (H, W, 3)
         start = rec.get("te_end", t0)
-        step_times = [float(d) for d in np.diff([start] + rec["marks"])]
-        te_s, vae_s = sum(rec.get("te", [])), sum(rec.get("vae", []))
+        return {"image": np.round(np.clip(out.images[0], 0, 1) * 255).astype(np.uint8),  # (H, W, 3)
+                "total": total, "steps": [float(d) for d in np.diff([start] + rec["marks"])],
+                "te_s": sum(rec.get("te", [])), "vae_s": sum(rec.get("vae", [])),
+                "denoise_s": (rec["marks"][-1] - start) if rec["marks"] else 0.0, "calls": len(rec["marks"])}
+
+    mem.reset()
+    runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
+    warm = [run_once() for _ in range(spec["warmup"])]  # the first is the cold run
+    for k, g in enumerate(warm + guard.repeat(run_once, spec["repeats"])):
+        image, total, step_times, te_s, vae_s = g["image"], g["total"], g["steps"], g["te_s"], g["vae_s"]
         if k == 0:
             first = {"total_s": total, "text_encoder_s": te_s, "unet_first_step_s": step_times[0] if step_times else None,
                      "vae_decoder_s": vae_s}
@@ -137,8 +153,8 @@ def run(spec: dict, mem: PeakRss) -> dict:
             steps.extend(step_times)
             split["text_encoder_s"].append(te_s)
             split["vae_decoder_s"].append(vae_s)
-            split["denoise_s"].append((rec["marks"][-1] - start) if rec["marks"] else 0.0)
-    gen = {"first": first, "runs_s": runs, "steps_s": steps, "split_s": split, "unet_calls": len(rec["marks"]),
+            split["denoise_s"].append(g["denoise_s"])
+    gen = {"first": first, "runs_s": runs, "steps_s": steps, "split_s": split, "unet_calls": g["calls"],
            "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": None}
     del pipe.text_encoder.forward, pipe.vae.decode
 
@@ -159,11 +175,13 @@ def run(spec: dict, mem: PeakRss) -> dict:
         mem.reset()
         for _ in range(spec["stage_warmup"]):
             call()
-        times = []
-        for _ in range(spec["stage_repeats"]):
+
+        def timed(call=call) -> float:
             t = time.perf_counter()
             call()
-            times.append(time.perf_counter() - t)
+            return time.perf_counter() - t
+
+        times = guard.repeat(timed, spec["stage_repeats"])
         stages[name] = {"runs_s": times, "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": None, "inputs": ins[name],
                         "warmup": spec["stage_warmup"]}
     np.save(spec["image"], image)
@@ -179,7 +197,10 @@ def main() -> int:
     try:
         mem = PeakRss()
         result.update(memory_method=mem.method, memory_note=mem.note)
-        result.update(run(spec, mem))
+        guard = load_steady(spec["steady_module"]).Guard(spec.get("threads") or os.cpu_count() or 1, spec.get("probe_baseline_s"),
+                                                         settle_s=spec.get("settle_s", 30.0), enabled=spec.get("steady", True))
+        result.update(run(spec, mem, guard))
+        result["steadiness"] = guard.report()
         result["ok"] = True
     except BaseException as e:  # noqa: BLE001  (every failure becomes the row's one-line reason)
         result.update(ok=False, error=" ".join(f"{type(e).__name__}: {e}".split())[:500])

@@ -61,6 +61,8 @@ class Settings:
     threads: int | None = None
     quick: bool = False
     timeout_s: float | None = None  # per row; None: no limit
+    steady: bool = True  # re-measure calls taken while the machine was disturbed (bench/steady.py)
+    settle_s: float = 30.0  # longest wait for a disturbed machine to settle, once per row
 
     @classmethod
     def quick_settings(cls, **kw) -> "Settings":

@@ -25,12 +25,17 @@ NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
 VERSIONED = ("shanshui", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "diffusers", "transformers", "onnx", "tensorrt")
 
 
+def _rank(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted xs."""
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
 def summarize(samples: list[float] | None) -> dict | None:
-    """Median and p90 (nearest rank) of timing samples in seconds; None without samples."""
+    """Median, p10 and p90 (nearest rank) and min of timing samples in seconds; None without samples."""
     if not samples:
         return None
     xs = sorted(float(x) for x in samples)
-    return {"median_s": float(np.median(xs)), "p90_s": xs[max(0, math.ceil(0.9 * len(xs)) - 1)], "n": len(xs)}
+    return {"median_s": float(np.median(xs)), "p10_s": _rank(xs, 0.1), "p90_s": _rank(xs, 0.9), "min_s": xs[0], "n": len(xs)}
 
 
 def _cpu() -> tuple[str, set[str]]:
@@ -96,7 +101,8 @@ def _record(row, res: dict | None) -> dict:
     if not res:
         return rec
     rec.update({k: res.get(k) for k in ("pid", "model_dir", "disk_bytes", "component_precisions", "memory_method",
-                                         "memory_note", "gpu_memory_method", "modules_loaded", "versions") if k in res})
+                                         "memory_note", "gpu_memory_method", "modules_loaded", "versions", "steadiness")
+                if k in res})
     if row.status != "ok":
         return rec
     gen, first = res["generation"], res["generation"]["first"] or {}
@@ -177,7 +183,8 @@ def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: d
         "environment": environment(probe, s.threads),
         "settings": {"prompt": s.prompt, "seed": s.seed, "steps": s.steps, "guidance": s.guidance, "sampler": "dpmpp_2m",
                      "warmup": s.warmup, "repeats": s.repeats, "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats,
-                     "threads": s.threads, "quick": s.quick, "images_per_call": 1},
+                     "threads": s.threads, "quick": s.quick, "images_per_call": 1, "steady": s.steady,
+                     "probe_baseline_ms": round(1e3 * probe["probe_baseline_s"], 3) if probe.get("probe_baseline_s") else None},
         "models": [{"name": r.name, "resolution": r.resolution, "source": str(r.source) if r.source else None, "arch": r.arch,
                     "exports": {k: str(v) for k, v in r.exports.items()}} for r in refs],
         "optimum_venv": {k: optimum.get(k) for k in ("ready", "reason", "dir", "log")},
@@ -203,8 +210,12 @@ def one_line(row, res: dict) -> str:
         return f"{row.id}: failed: {res.get('error')}"
     runs = summarize(res["generation"]["runs_s"]) or {}
     steps = summarize(res["generation"].get("steps_s")) or {}
+    st = res.get("steadiness") or {}
+    steady = (f"; {st['rerun']} call(s) re-run, {st['kept_disturbed']} kept disturbed"
+              if st.get("rerun") or st.get("kept_disturbed") else "")
     return (f"{row.id}: generation {runs.get('median_s', float('nan')):.2f} s, U-Net step "
-            f"{1000 * steps.get('median_s', float('nan')):.0f} ms, peak RSS {res['generation']['peak_rss_mb']:.0f} MB (pid {res['pid']})")
+            f"{1000 * steps.get('median_s', float('nan')):.0f} ms, peak RSS {res['generation']['peak_rss_mb']:.0f} MB "
+            f"(pid {res['pid']}{steady})")
 
 
 def load_report(path: Path) -> dict:
@@ -233,12 +244,28 @@ def compare_reports(old: dict, new: dict) -> list[dict]:
         if n is None or o is None:
             out.append({"id": rid, "note": "only in the new report" if o is None else "only in the old report"})
             continue
-        out.append({"id": rid,
-                    "generation": _ratio(n["generation"].get("median_s"), o["generation"].get("median_s")),
-                    "unet_step": _ratio(_unet_s(n), _unet_s(o)),
-                    "peak_rss": _ratio(n["generation"].get("peak_rss_mb"), o["generation"].get("peak_rss_mb")),
-                    "load": _ratio(n.get("load_s"), o.get("load_s"))})
+        e = {"id": rid,
+             "generation": _ratio(n["generation"].get("median_s"), o["generation"].get("median_s")),
+             "unet_step": _ratio(_unet_s(n), _unet_s(o)),
+             "peak_rss": _ratio(n["generation"].get("peak_rss_mb"), o["generation"].get("peak_rss_mb")),
+             "load": _ratio(n.get("load_s"), o.get("load_s"))}
+        e["spread"] = max(relative_spread(n), relative_spread(o))
+        e["agrees"] = all(abs(e[k] - 1) <= e["spread"] for k in ("generation", "unet_step") if e[k] is not None)
+        out.append(e)
     return out
+
+
+SPREAD_FLOOR = 0.02  # differences this small agree whatever the samples say (timer and scheduler jitter)
+
+
+def relative_spread(rec: dict) -> float:
+    """A row's own spread, relative to its median: (p90 - p10) / median of its U-Net steps inside the generations,
+    the timing every run has many samples of (a generation is a sum of steps, so its relative spread is no larger)."""
+    st = rec.get("unet_step_in_pipeline") or {}
+    med, lo, hi = st.get("median_s"), st.get("p10_s", st.get("median_s")), st.get("p90_s")
+    if not med or lo is None or hi is None:
+        return SPREAD_FLOOR
+    return max(SPREAD_FLOOR, (hi - lo) / med)
 
 
 def format_compare(entries: list[dict], old: dict, new: dict) -> str:
@@ -249,13 +276,20 @@ def format_compare(entries: list[dict], old: dict, new: dict) -> str:
     if diff:
         lines.append("note: settings differ: " + "; ".join(diff))
     width = max([len(e["id"]) for e in entries] + [3])
-    lines.append(f"{'row':{width}s}  {'generation':>10s}  {'U-Net step':>10s}  {'peak RSS':>8s}  {'load':>6s}")
+    lines.append(f"{'row':{width}s}  {'generation':>10s}  {'U-Net step':>10s}  {'peak RSS':>8s}  {'load':>6s}  "
+                 f"{'spread':>6s}  within spread")
     for e in entries:
         if "note" in e:
             lines.append(f"{e['id']:{width}s}  {e['note']}")
             continue
         f = [f"{e[k]:.2f}×" if e[k] is not None else "—" for k in ("generation", "unet_step", "peak_rss", "load")]
-        lines.append(f"{e['id']:{width}s}  {f[0]:>10s}  {f[1]:>10s}  {f[2]:>8s}  {f[3]:>6s}")
+        lines.append(f"{e['id']:{width}s}  {f[0]:>10s}  {f[1]:>10s}  {f[2]:>8s}  {f[3]:>6s}  "
+                     f"{'±' + format(100 * e['spread'], '.0f') + '%':>6s}  {'yes' if e['agrees'] else 'NO'}")
+    both = [e for e in entries if "note" not in e]
+    if both:
+        agree = sum(e["agrees"] for e in both)
+        lines.append(f"{agree} of {len(both)} rows agree within their own spread (the larger of the two runs' "
+                     f"(p90 - p10) / median of U-Net steps, at least {100 * SPREAD_FLOOR:.0f}%)")
     return "\n".join(lines)
 
 

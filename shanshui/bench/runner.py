@@ -21,6 +21,7 @@ from shanshui.errors import ShanshuiError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
 OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
+STEADY_MODULE = Path(__file__).resolve().parent / "steady.py"
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt", "optimum")
 
 
@@ -138,7 +139,8 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
     workdir = Path(tempfile.mkdtemp(prefix="shanshui-bench-"))
     try:
         peers = [] if "none" in config.peers else ["diffusers", "optimum"]  # optimum is listed even when not run
-        probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers)}, workdir, "probe")
+        probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers), "threads": s.threads,
+                            "steady": s.steady}, workdir, "probe")
         optimum = {"ready": False, "reason": "not requested"}
         if "optimum" in peers:
             optimum = optimum_venv(config.venv_root, create="optimum" in config.peers, timeout_s=config.venv_timeout_s,
@@ -156,7 +158,8 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
                 display.status(f"{row.id}: preparing")
                 try:
                     sizes = config.sizes or [by_name[row.model].resolution]
-                    spec, meta = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log)
+                    spec, meta = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log,
+                                           probe.get("probe_baseline_s"))
                 except ShanshuiError as e:
                     row.status, row.reason = "failed", str(e)
                     display.log(f"{row.id}: failed: {e}")
@@ -188,7 +191,7 @@ def _loadavg() -> float | None:
 
 
 def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, i: int, sizes: list[int],
-              log: Callable[[str], None]) -> tuple[dict, dict]:
+              log: Callable[[str], None], probe_baseline_s: float | None = None) -> tuple[dict, dict]:
     """The worker spec of a row (making its model and export first when needed), and facts for the report."""
     from shanshui.bench import prepare
 
@@ -213,8 +216,10 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
     spec = {"task": "row", "runner": row.runner, "backend": row.backend, "device": row.device, "precision": row.precision,
             "model_dir": str(model_dir), "height": row.size, "width": row.size, "prompt": s.prompt, "seed": s.seed,
             "steps": s.steps, "guidance": s.guidance, "threads": s.threads, "warmup": s.warmup, "repeats": s.repeats,
-            "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy")}
+            "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy"),
+            "steady": s.steady, "settle_s": s.settle_s, "probe_baseline_s": probe_baseline_s}
     if row.runner == "optimum":
+        spec["steady_module"] = str(STEADY_MODULE)  # loaded by path: that venv has no shanshui
         shapes, dims = _stage_inputs(model_dir, s.guidance, row.size, row.size)
         spec.update(stage_inputs=shapes, vocab_size=dims["vocab_size"], latent_channels=dims["latent_channels"],
                     vae_scale=dims["vae_scale"])

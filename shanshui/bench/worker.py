@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.bench.memory import GpuPeak, PeakRss, rss_mb
+from shanshui.bench.steady import Guard, measure_baseline
 
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt")
 
@@ -53,9 +54,10 @@ def _stage_calls(components, dims, h: int, w: int, b2: int) -> dict:
 GPU_TIMING_KEYS = {"text_encoder": "text_encoder", "unet_step": "unet", "vae_decode": "vae_decoder"}
 
 
-def _measure_stages(calls: dict, spec: dict, mem: PeakRss, gpu: GpuPeak | None, components=None) -> dict:
-    """Warm-up, then timed direct calls of each stage, with its own peak RSS (and GPU time where the backend records
-    CUDA-event milliseconds in `components.timings`, as the TensorRT and CUDA torch runners do)."""
+def _measure_stages(calls: dict, spec: dict, mem: PeakRss, gpu: GpuPeak | None, guard: Guard, components=None) -> dict:
+    """Warm-up, then timed direct calls of each stage (re-run where the machine was disturbed, see steady.py), with
+    its own peak RSS (and GPU time where the backend records CUDA-event milliseconds in `components.timings`, as the
+    TensorRT and CUDA torch runners do)."""
     out = {}
     gpu_ms = getattr(components, "timings", None)
     for name, (call, shapes) in calls.items():
@@ -64,20 +66,23 @@ def _measure_stages(calls: dict, spec: dict, mem: PeakRss, gpu: GpuPeak | None, 
             gpu.reset()
         for _ in range(spec["stage_warmup"]):
             call()
-        runs = []
         key = GPU_TIMING_KEYS[name]
-        if isinstance(gpu_ms, dict) and isinstance(gpu_ms.get(key), list):
-            gpu_ms[key].clear()
-        for _ in range(spec["stage_repeats"]):
+        gpu_list = gpu_ms.get(key) if isinstance(gpu_ms, dict) and isinstance(gpu_ms.get(key), list) else None
+
+        def timed() -> tuple[float, float | None]:
+            n = len(gpu_list) if gpu_list is not None else 0
             _sync(spec["device"])
             t = time.perf_counter()
             call()
             _sync(spec["device"])
-            runs.append(time.perf_counter() - t)
+            return time.perf_counter() - t, (gpu_list[-1] if gpu_list is not None and len(gpu_list) > n else None)
+
+        kept = guard.repeat(timed, spec["stage_repeats"])  # (seconds, GPU ms of that call or None)
+        runs = [k[0] for k in kept]
         out[name] = {"runs_s": runs, "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": gpu.peak_mb() if gpu else None,
                      "inputs": shapes, "warmup": spec["stage_warmup"]}
-        if isinstance(gpu_ms, dict) and gpu_ms.get(key):
-            out[name]["gpu_runs_ms"] = [float(x) for x in gpu_ms[key]]
+        if any(k[1] is not None for k in kept):
+            out[name]["gpu_runs_ms"] = [float(k[1]) for k in kept if k[1] is not None]
     return out
 
 
@@ -93,14 +98,15 @@ def _first_and_steps(denoise_start: float, marks: list[float], timings: dict) ->
             "unet_first_step_s": steps[0] if steps else None, "vae_decoder_s": timings["vae_decoder_s"]}, steps
 
 
-def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None) -> tuple[dict, np.ndarray]:
-    """run_once() -> (image, timings with total_s/text_encoder_s/vae_decoder_s/denoise_start/marks/unet_calls)."""
+def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None, guard: Guard) -> tuple[dict, np.ndarray]:
+    """Warm-ups, then measured generations (re-run where the machine was disturbed). run_once() -> (image, timings with total_s/text_encoder_s/vae_decoder_s/denoise_start/marks/unet_calls)."""
     mem.reset()
     if gpu:
         gpu.reset()
-    runs, steps, split, first, image, calls = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None, None, None
-    for k in range(spec["warmup"] + spec["repeats"]):
-        image, t = run_once()
+    runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
+    warm = [run_once() for _ in range(spec["warmup"])]  # the first is the cold run
+    measured = guard.repeat(run_once, spec["repeats"])
+    for k, (image, t) in enumerate(warm + measured):
         f, s = _first_and_steps(t["denoise_start"], t["marks"], t)
         calls = t["unet_calls"]
         if k == 0:
@@ -115,7 +121,7 @@ def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None) -> tup
     return gen, image
 
 
-def run_shanshui(spec: dict, mem: PeakRss) -> dict:
+def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     """A row through shanshui's own Pipeline (onnxruntime, torch or tensorrt backend)."""
     from shanshui.runtime.pipeline import Pipeline, Request
 
@@ -136,15 +142,15 @@ def run_shanshui(spec: dict, mem: PeakRss) -> dict:
         t = dict(res.timings, t0=t0, denoise_start=t0 + res.timings["text_encoder_s"], marks=marks)
         return res.images[0], t
 
-    gen, image = _generations(run_once, spec, mem, gpu)
+    gen, image = _generations(run_once, spec, mem, gpu, guard)
     b2 = 2 if spec["guidance"] != 1 else 1
     stages = _measure_stages(_stage_calls(pipe.components, pipe.dims, spec["height"], spec["width"], b2), spec, mem, gpu,
-                             pipe.components)
+                             guard, pipe.components)
     return {**load, "generation": gen, "stages": stages, "gpu_memory_method": gpu.method if gpu else None,
             **_save_image(spec["image"], image)}
 
 
-def run_diffusers(spec: dict, mem: PeakRss) -> dict:
+def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     """The peer: diffusers' StableDiffusionPipeline in PyTorch eager, DPM-Solver++ (2M), the same initial noise."""
     mem.reset()
     t0 = time.perf_counter()
@@ -205,11 +211,11 @@ def run_diffusers(spec: dict, mem: PeakRss) -> dict:
         t["denoise_s"] = (rec["marks"][-1] - t["denoise_start"]) if rec["marks"] else 0.0
         return image, t
 
-    gen, image = _generations(run_once, spec, mem, gpu)
+    gen, image = _generations(run_once, spec, mem, gpu, guard)
     del pipe.text_encoder.forward, pipe.vae.decode  # the class methods again, for direct stage calls
     parts = TorchComponents(pipe.text_encoder, pipe.unet, pipe.vae, dev)
     b2 = 2 if spec["guidance"] != 1 else 1
-    stages = _measure_stages(_stage_calls(parts, dims, h, w, b2), spec, mem, gpu)
+    stages = _measure_stages(_stage_calls(parts, dims, h, w, b2), spec, mem, gpu, guard)
     return {**load, "generation": gen, "stages": stages, "gpu_memory_method": gpu.method if gpu else None,
             **_save_image(spec["image"], image)}
 
@@ -238,7 +244,15 @@ def probe(spec: dict) -> dict:
     info["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
     info["trt_backend"] = importlib.util.find_spec("shanshui.runtime.trt_backend") is not None
     info["bitsandbytes"] = importlib.util.find_spec("bitsandbytes") is not None
+    if spec.get("steady", True):
+        info["probe_baseline_s"] = measure_baseline(spec.get("threads") or os.cpu_count() or 1)
     return info
+
+
+def row_guard(spec: dict) -> Guard:
+    """The steadiness guard of a row: the probe runs on as many threads as the row does."""
+    return Guard(spec.get("threads") or os.cpu_count() or 1, spec.get("probe_baseline_s"), settle_s=spec.get("settle_s", 30.0),
+                 enabled=spec.get("steady", True))
 
 
 def init_model_task(spec: dict) -> dict:
@@ -278,7 +292,9 @@ def main() -> int:
             mem = PeakRss()
             result.update(memory_method=mem.method, memory_note=mem.note)
             runner = run_diffusers if spec["runner"] == "diffusers" else run_shanshui
-            result.update(runner(spec, mem))
+            guard = row_guard(spec)
+            result.update(runner(spec, mem, guard))
+            result["steadiness"] = guard.report()
         else:
             result.update(TASKS[spec["task"]](spec))
         result["ok"] = True

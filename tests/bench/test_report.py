@@ -13,8 +13,9 @@ from tests.bench.helpers import fake_report, row
 
 def test_summarize_median_and_nearest_rank_p90():
     s = report.summarize([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0])
-    assert s == {"median_s": 5.5, "p90_s": 9.0, "n": 10}
-    assert report.summarize([2.0]) == {"median_s": 2.0, "p90_s": 2.0, "n": 1}
+    assert s == {"median_s": 5.5, "p10_s": 1.0, "p90_s": 9.0, "min_s": 1.0, "n": 10}
+    assert report.summarize([4.0, 2.0, 3.0]) == {"median_s": 3.0, "p10_s": 2.0, "p90_s": 4.0, "min_s": 2.0, "n": 3}
+    assert report.summarize([2.0]) == {"median_s": 2.0, "p10_s": 2.0, "p90_s": 2.0, "min_s": 2.0, "n": 1}
     assert report.summarize([]) is None
 
 
@@ -81,3 +82,35 @@ def test_load_report_rejects_other_files(tmp_path):
     (tmp_path / "y.json").write_text('{"rows": []}', encoding="utf-8")
     with pytest.raises(ShanshuiError, match="not a shanshui bench report"):
         report.load_report(tmp_path / "y.json")
+
+
+def _steps(rec: dict, median: float, p10: float, p90: float) -> None:
+    rec["unet_step_in_pipeline"] = {"median_s": median, "p10_s": p10, "p90_s": p90, "n": 12}
+
+
+def test_compare_says_whether_runs_agree_within_their_spread():
+    old, new = fake_report(1.0), fake_report(1.0)
+    fp32_old, fp32_new = old["rows"][0], new["rows"][0]  # U-Net step 0.10 s
+    _steps(fp32_old, 0.10, 0.095, 0.105)  # ±10% spread
+    _steps(fp32_new, 0.108, 0.103, 0.113)  # 8% slower: inside the spread
+    fp32_new["generation"]["median_s"] = 1.06
+    int8_old, int8_new = old["rows"][1], new["rows"][1]  # U-Net step 0.08 s
+    _steps(int8_old, 0.08, 0.079, 0.081)  # ±2.5%
+    _steps(int8_new, 0.13, 0.128, 0.132)  # 1.6× slower: the bimodal case this was built for
+    int8_new["stages"]["unet_step"]["median_s"] = 0.13
+    entries = {e["id"]: e for e in report.compare_reports(old, new)}
+    e = entries[fp32_old["id"]]
+    assert e["agrees"] and e["spread"] == pytest.approx(0.1)
+    e = entries[int8_old["id"]]
+    assert not e["agrees"] and e["unet_step"] == pytest.approx(1.625)
+    assert entries["tiny@256/diffusers-cpu-fp32"]["agrees"]  # identical rows: within the 2% floor
+    text = report.format_compare(report.compare_reports(old, new), old, new)
+    assert "2 of 3 rows agree within their own spread" in text and "NO" in text and "±10%" in text
+
+
+def test_spread_of_an_old_report_without_p10():
+    rec = fake_report()["rows"][0]
+    rec["unet_step_in_pipeline"] = {"median_s": 0.1, "p90_s": 0.11, "n": 4}  # written before p10 was recorded
+    assert report.relative_spread(rec) == pytest.approx(0.1)
+    rec["unet_step_in_pipeline"] = None
+    assert report.relative_spread(rec) == report.SPREAD_FLOOR

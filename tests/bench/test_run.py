@@ -44,6 +44,7 @@ def test_report_schema(quick_run):
         assert key in env, key
     assert env["threads"] == 1 and isinstance(env["cpu_flags"], dict) and "onnxruntime" in env["versions"]
     assert rep["settings"]["steps"] == 2 and rep["settings"]["quick"] is True
+    assert rep["settings"]["steady"] is True and rep["settings"]["probe_baseline_ms"] > 0
     by_id = {r["id"]: r for r in rep["rows"]}
     ok = [r for r in rep["rows"] if r["status"] == "ok"]
     assert {r["id"] for r in ok} == {"tiny@128/onnxruntime-cpu-fp32", "tiny@128/diffusers-cpu-fp32"}, by_id
@@ -57,6 +58,9 @@ def test_report_schema(quick_run):
             assert st["peak_rss_mb"] > 50
         assert r["stages"]["unet_step"]["inputs"]["sample"] == [2, 4, 16, 16]  # guided step: batch 2, 128 px / 8
         assert r["memory_method"] in ("clear_refs", "getrusage") and r["disk_bytes"]["total"] > 1e6
+        st = r["steadiness"]  # the capacity probe ran around every measured call (1 generation + 3 stage calls at least)
+        assert st["enabled"] and st["probe_baseline_ms"] > 0 and st["probes"] >= 8
+        assert st["rerun"] >= 0 and st["kept_disturbed"] >= 0
         assert r["speedup_vs_diffusers"]["baseline"] == "tiny@128/diffusers-cpu-fp32"
         assert r["quality"]["ssim"] > 0.99  # same noise, scheduler and weights: diffusers and shanshui agree
     assert by_id["tiny@128/onnxruntime-cpu-fp32"]["component_precisions"] == {c: "fp32" for c in ("text_encoder", "unet", "vae_decoder")}
