@@ -50,6 +50,8 @@ def export_copy(src: Path, dst: Path) -> None:
     for key in ("out_dir", "source_export", "model_dir", "source"):
         if isinstance(manifest.get(key), str):
             manifest[key] = Path(manifest[key]).name
+    if isinstance(manifest.get("source"), dict) and manifest["source"].get("path"):
+        manifest["source"]["path"] = "../diffusers"  # the shipped fp16 copy of the model this was exported from
     (dst / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
