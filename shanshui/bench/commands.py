@@ -30,9 +30,11 @@ def bench(
     seed: int = typer.Option(0, help="Seed of the initial noise, shared by every row."),
     warmup: Optional[int] = typer.Option(None, help="Warm-up generations per row, the first of them the cold run (default 1)."),
     repeats: Optional[int] = typer.Option(None, help="Measured generations per row (default 3; --quick: 1)."),
-    stage_repeats: Optional[int] = typer.Option(None, help="Measured direct calls per stage (default 5; --quick: 1)."),
+    stage_repeats: Optional[int] = typer.Option(None, help="Measured direct calls per stage (default 5, --quick too)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for every row (default: SHANSHUI_THREADS or all cores)."),
-    quick: bool = typer.Option(False, "--quick", help="A short run: 4 steps, 1 warm-up, 1 repeat."),
+    quick: bool = typer.Option(False, "--quick", help="A short run: 4 steps, 1 warm-up, 1 measured generation, 5 calls per stage."),
+    min_time: Optional[float] = typer.Option(None, "--min-time", help="Seconds of measured generations, and of direct "
+                                             "calls per stage, at least (default 3; --quick: 1): short calls repeat."),
     steady: bool = typer.Option(True, "--steady/--no-steady", help="Re-run calls measured while the machine was disturbed "
                                                                    "(a CPU capacity probe around each call)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report path stem: writes STEM.json, STEM.md and STEM.png "
@@ -50,6 +52,8 @@ def bench(
                          ("threads", threads, 1)):
         if v is not None and v < low:
             raise ShanshuiError(f"--{name} must be at least {low}, got {v}")
+    if min_time is not None and min_time < 0:
+        raise ShanshuiError(f"--min-time must be zero or more seconds, got {min_time}")
     if timeout is not None and timeout <= 0:
         raise ShanshuiError(f"--timeout must be positive, got {timeout}")
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
@@ -64,7 +68,7 @@ def bench(
 
         kw = dict(prompt=prompt, seed=seed, guidance=guidance, steps=steps, warmup=warmup, repeats=repeats,
                   stage_repeats=stage_repeats, threads=threads or default_threads() or os.cpu_count(), timeout_s=timeout,
-                  steady=steady)
+                  steady=steady, min_time_s=min_time)
         settings = Settings.quick_settings(**kw) if quick else Settings(**{k: v for k, v in kw.items() if v is not None})
         if not prompt.strip():
             raise ShanshuiError("the prompt is empty; pass --prompt with a painting to describe")

@@ -71,7 +71,7 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
         rerun = [f"`{rid}` {st.get('rerun', 0)} re-run" + (f", {st['kept_disturbed']} kept disturbed" if st.get("kept_disturbed") else "")
                  for rid, st in steady if st.get("rerun") or st.get("kept_disturbed")]
         out += ["", f"Steadiness (probe baseline {s.get('probe_baseline_ms') or '—'} ms, a call is disturbed when the probe "
-                    f"next to it is over {steady[0][1].get('tolerance', 1.3) if steady else 1.3}× that): "
+                    f"next to it is over {steady[0][1].get('tolerance', 1.5) if steady else 1.5}× that): "
                 + ("; ".join(rerun) if rerun else "no call was disturbed") + "."]
     not_run = [r for r in report["rows"] if r["status"] != "ok"]
     if not_run:

@@ -143,7 +143,7 @@ def run(spec: dict, mem: PeakRss, guard) -> dict:
     mem.reset()
     runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
     warm = [run_once() for _ in range(spec["warmup"])]  # the first is the cold run
-    for k, g in enumerate(warm + guard.repeat(run_once, spec["repeats"])):
+    for k, g in enumerate(warm + guard.repeat(run_once, spec["repeats"], spec.get("min_time_s", 0.0))):
         image, total, step_times, te_s, vae_s = g["image"], g["total"], g["steps"], g["te_s"], g["vae_s"]
         if k == 0:
             first = {"total_s": total, "text_encoder_s": te_s, "unet_first_step_s": step_times[0] if step_times else None,
@@ -181,7 +181,7 @@ def run(spec: dict, mem: PeakRss, guard) -> dict:
             call()
             return time.perf_counter() - t
 
-        times = guard.repeat(timed, spec["stage_repeats"])
+        times = guard.repeat(timed, spec["stage_repeats"], spec.get("min_time_s", 0.0))
         stages[name] = {"runs_s": times, "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": None, "inputs": ins[name],
                         "warmup": spec["stage_warmup"]}
     np.save(spec["image"], image)

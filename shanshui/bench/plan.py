@@ -63,11 +63,13 @@ class Settings:
     timeout_s: float | None = None  # per row; None: no limit
     steady: bool = True  # re-measure calls taken while the machine was disturbed (bench/steady.py)
     settle_s: float = 30.0  # longest wait for a disturbed machine to settle, once per row
+    min_time_s: float = 3.0  # measured generations, and direct calls of each stage, go on at least this long
 
     @classmethod
     def quick_settings(cls, **kw) -> "Settings":
-        """A short run: few steps, one warm-up and one measured repeat everywhere."""
-        base = dict(steps=4, warmup=1, repeats=1, stage_warmup=1, stage_repeats=1, quick=True)
+        """A short run: few steps, one warm-up and one measured generation; five direct calls per stage, so each row
+        has a spread of its own to compare runs against."""
+        base = dict(steps=4, warmup=1, repeats=1, stage_warmup=1, stage_repeats=5, min_time_s=1.0, quick=True)
         return cls(**{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 

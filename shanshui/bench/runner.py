@@ -217,7 +217,7 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
             "model_dir": str(model_dir), "height": row.size, "width": row.size, "prompt": s.prompt, "seed": s.seed,
             "steps": s.steps, "guidance": s.guidance, "threads": s.threads, "warmup": s.warmup, "repeats": s.repeats,
             "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy"),
-            "steady": s.steady, "settle_s": s.settle_s, "probe_baseline_s": probe_baseline_s}
+            "steady": s.steady, "settle_s": s.settle_s, "min_time_s": s.min_time_s, "probe_baseline_s": probe_baseline_s}
     if row.runner == "optimum":
         spec["steady_module"] = str(STEADY_MODULE)  # loaded by path: that venv has no shanshui
         shapes, dims = _stage_inputs(model_dir, s.guidance, row.size, row.size)

@@ -77,7 +77,7 @@ def _measure_stages(calls: dict, spec: dict, mem: PeakRss, gpu: GpuPeak | None, 
             _sync(spec["device"])
             return time.perf_counter() - t, (gpu_list[-1] if gpu_list is not None and len(gpu_list) > n else None)
 
-        kept = guard.repeat(timed, spec["stage_repeats"])  # (seconds, GPU ms of that call or None)
+        kept = guard.repeat(timed, spec["stage_repeats"], spec.get("min_time_s", 0.0))  # (seconds, GPU ms or None)
         runs = [k[0] for k in kept]
         out[name] = {"runs_s": runs, "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": gpu.peak_mb() if gpu else None,
                      "inputs": shapes, "warmup": spec["stage_warmup"]}
@@ -105,7 +105,7 @@ def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None, guard:
         gpu.reset()
     runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
     warm = [run_once() for _ in range(spec["warmup"])]  # the first is the cold run
-    measured = guard.repeat(run_once, spec["repeats"])
+    measured = guard.repeat(run_once, spec["repeats"], spec.get("min_time_s", 0.0))
     for k, (image, t) in enumerate(warm + measured):
         f, s = _first_and_steps(t["denoise_start"], t["marks"], t)
         calls = t["unet_calls"]

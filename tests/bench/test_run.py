@@ -44,17 +44,17 @@ def test_report_schema(quick_run):
         assert key in env, key
     assert env["threads"] == 1 and isinstance(env["cpu_flags"], dict) and "onnxruntime" in env["versions"]
     assert rep["settings"]["steps"] == 2 and rep["settings"]["quick"] is True
-    assert rep["settings"]["steady"] is True and rep["settings"]["probe_baseline_ms"] > 0
+    assert rep["settings"]["steady"] is True and rep["settings"]["probe_baseline_ms"] > 0 and rep["settings"]["min_time_s"] == 1.0
     by_id = {r["id"]: r for r in rep["rows"]}
     ok = [r for r in rep["rows"] if r["status"] == "ok"]
     assert {r["id"] for r in ok} == {"tiny@128/onnxruntime-cpu-fp32", "tiny@128/diffusers-cpu-fp32"}, by_id
     for r in ok:
         assert isinstance(r["load_s"], float) and r["load_s"] > 0
         g = r["generation"]
-        assert g["n"] == 1 and g["unet_calls"] == 2 and g["first_s"] > 0 and g["median_s"] > 0 and g["peak_rss_mb"] > 50
+        assert g["n"] >= 1 and g["unet_calls"] == 2 and g["first_s"] > 0 and g["median_s"] > 0 and g["peak_rss_mb"] > 50
         for stage in ("text_encoder", "unet_step", "vae_decode"):
             st = r["stages"][stage]
-            assert st["n"] == 1 and st["median_s"] > 0 and st["p90_s"] >= st["median_s"] and st["first_s"] > 0
+            assert st["n"] >= 5 and st["median_s"] > 0 and st["p90_s"] >= st["median_s"] and st["first_s"] > 0
             assert st["peak_rss_mb"] > 50
         assert r["stages"]["unet_step"]["inputs"]["sample"] == [2, 4, 16, 16]  # guided step: batch 2, 128 px / 8
         assert r["memory_method"] in ("clear_refs", "getrusage") and r["disk_bytes"]["total"] > 1e6

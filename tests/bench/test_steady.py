@@ -1,80 +1,111 @@
-"""The steadiness guard's bookkeeping, driven by a scripted probe (no timing is asserted)."""
+"""The steadiness guard's bookkeeping, driven by a scripted probe and a fake clock (no timing is asserted)."""
 
 import numpy as np
+import pytest
 
 import shanshui.bench.steady as steady
 from shanshui.bench.steady import CapacityProbe, Guard
 
 
 class ScriptedProbe:
-    """Probe readings from a list (the last one repeats); counts the readings taken."""
+    """Probe readings from a list (the last one repeats)."""
 
     def __init__(self, readings):
-        self.readings, self.taken = list(readings), 0
+        self.readings = list(readings)
 
-    def sample(self, k: int = 3) -> float:
-        self.taken += 1
+    def sample(self, k: int = 5, pause_s: float = 0.0) -> float:
         return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
 
+class Clock:
+    """perf_counter that only moves when a call says so."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(steady.time, "perf_counter", c)
+    monkeypatch.setattr(steady.time, "sleep", lambda s: setattr(c, "t", c.t + s))
+    return c
+
+
 def guard(readings, **kw) -> Guard:
-    # 5 readings at start set the baseline to 1.0 ms
-    return Guard(2, probe=ScriptedProbe([1e-3] * 5 + list(readings)), **kw)
+    # 8 readings at start set the baseline to 1.0 ms
+    return Guard(2, probe=ScriptedProbe([1e-3] * 8 + list(readings)), **kw)
 
 
-def test_calls_between_quiet_probes_are_kept(monkeypatch):
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
+def counter(clock: Clock, seconds: float = 0.0):
+    calls = []
+
+    def call():
+        clock.t += seconds
+        calls.append(1)
+        return len(calls)
+
+    return call
+
+
+def test_a_quiet_block_is_kept(clock):
     g = guard([1.1e-3])
-    calls = []
-    out = g.repeat(lambda: calls.append(1) or len(calls), 3)
-    assert out == [1, 2, 3] and g.rerun == 0 and g.kept_disturbed == 0 and g.baseline_s == 1e-3
+    assert g.repeat(counter(clock), 3) == [1, 2, 3]
+    assert g.rerun == 0 and g.kept_disturbed == 0 and g.probes == 2  # one block: a probe before, one after
 
 
-def test_a_disturbed_call_is_measured_again(monkeypatch):
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
-    # call 1: quiet before, disturbed after (2 ms > 1.3 × 1 ms) → re-run; then quiet throughout
-    g = guard([1e-3, 2e-3, 1e-3, 1e-3, 1e-3, 1e-3])
-    calls = []
-    out = g.repeat(lambda: calls.append(1) or len(calls), 2)
-    assert out == [2, 3] and g.rerun == 1 and g.kept_disturbed == 0
+def test_a_disturbed_block_is_measured_again(clock):
+    g = guard([1e-3, 2e-3, 1e-3, 1e-3])  # block 1: quiet before, disturbed after (2 ms > 1.5 × 1 ms)
+    assert g.repeat(counter(clock), 2) == [3, 4]
+    assert g.rerun == 2 and g.kept_disturbed == 0
 
 
-def test_waits_for_the_machine_to_settle_before_measuring(monkeypatch):
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
-    g = guard([3e-3, 3e-3, 3e-3, 1e-3, 1e-3])  # disturbed three times, then quiet before the call and after it
-    out = g.repeat(lambda: "ok", 1)
-    assert out == ["ok"] and g.rerun == 0 and not g.gave_up and g.probes == 5
+def test_waits_for_the_machine_to_settle_before_measuring(clock):
+    g = guard([3e-3, 3e-3, 3e-3, 1e-3, 1e-3])  # disturbed three times, then quiet before the block and after it
+    assert g.repeat(counter(clock), 1) == [1]
+    assert g.rerun == 0 and not g.gave_up and g.probes == 5 and g.waited_s > 0
 
 
-def test_budget_spent_keeps_and_counts_disturbed_calls(monkeypatch):
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
-    # quiet before every call, always disturbed after: 2 re-runs (the budget), then 2 calls kept as disturbed
-    readings = []
-    for _ in range(4):
-        readings += [1e-3, 5e-3]
-    g = guard(readings + [1e-3])
-    out = g.repeat(lambda: 0, 2)
-    assert len(out) == 2 and g.rerun == 2 and g.kept_disturbed == 2
+def test_budget_spent_keeps_and_counts_disturbed_blocks(clock):
+    g = guard([1e-3, 5e-3] * 4 + [1e-3])  # quiet before every block, always disturbed after
+    out = g.repeat(counter(clock), 2)  # budget max(2, n) = 2 re-run blocks of 2 calls, then one kept
+    assert out == [5, 6] and g.rerun == 4 and g.kept_disturbed == 2
 
 
-def test_a_machine_that_never_settles_stops_the_waiting(monkeypatch):
-    clock = iter(np.arange(0, 1e4, 1.0))  # every perf_counter reading one second later
-    monkeypatch.setattr(steady.time, "perf_counter", lambda: float(next(clock)))
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
+def test_a_machine_that_never_settles_stops_the_waiting(clock):
     g = guard([5e-3], settle_s=3.0)  # always disturbed
-    out = g.repeat(lambda: 0, 3)
-    assert len(out) == 3 and g.gave_up and g.rerun == 0 and g.kept_disturbed == 3
-    assert 3.0 <= g.waited_s < 10.0  # one bounded wait, not one per call
+    out = g.repeat(counter(clock, 1.0), 3)  # 1 s calls: one per block
+    assert out == [1, 2, 3] and g.gave_up and g.rerun == 0 and g.kept_disturbed == 3
+    assert 3.0 <= g.waited_s < 5.0  # one bounded wait, not one per block
     rep = g.report()
     assert rep["gave_up"] and rep["kept_disturbed"] == 3 and rep["probe_baseline_ms"] == 1.0
 
 
-def test_faster_probes_lower_the_baseline(monkeypatch):
-    monkeypatch.setattr(steady.time, "sleep", lambda s: None)
-    g = Guard(2, baseline_s=2e-3, probe=ScriptedProbe([1.5e-3] * 5 + [0.8e-3, 1e-3]))
-    assert g.baseline_s == 1.5e-3  # the row's own first probes beat the parent's baseline
-    g.repeat(lambda: 0, 1)
-    assert g.baseline_s == 0.8e-3
+def test_short_calls_repeat_for_the_minimum_time_in_blocks(clock):
+    g = guard([1e-3])
+    out = g.repeat(counter(clock, 0.125), 2, min_time_s=1.0, block_s=0.5)
+    assert len(out) == 8  # 8 × 0.125 s = 1 s of samples, not just the 2 asked for
+    assert g.probes == 4  # two blocks of 0.5 s, each between two probes
+
+
+def test_long_calls_are_not_repeated_beyond_n_once_the_time_is_spent(clock):
+    g = guard([1e-3])
+    assert len(g.repeat(counter(clock, 10.0), 2, min_time_s=1.0)) == 2
+
+
+def test_very_short_calls_stop_at_max_calls(clock):
+    g = Guard(2, enabled=False)
+    assert len(g.repeat(counter(clock, 1e-6), 3, min_time_s=10.0, max_calls=50)) == 50
+
+
+def test_baseline_is_the_quieter_of_the_rows_and_the_benchs():
+    quiet = [1.5e-3, 1.5e-3, 1.5e-3, 1.6e-3, 1.6e-3, 1.7e-3, 3e-3, 3e-3]  # p25 1.5 ms; two disturbed readings
+    assert Guard(2, baseline_s=2e-3, probe=ScriptedProbe(quiet)).baseline_s == 1.5e-3
+    assert Guard(2, baseline_s=1.2e-3, probe=ScriptedProbe(quiet)).baseline_s == 1.2e-3
+    assert steady.baseline_of([1.0, 5.0, 1.2, 1.1, 0.2]) == 1.0  # one lucky reading does not set the line
 
 
 def test_disabled_guard_only_calls():
@@ -84,5 +115,5 @@ def test_disabled_guard_only_calls():
 
 def test_real_probe_runs_one_thread_per_core_asked():
     p = CapacityProbe(3, n=1024, calls=2)
-    assert len(p.bufs) == 3 and p.once() > 0 and p.sample(k=2) > 0
+    assert len(p.bufs) == 3 and p.once() > 0 and p.sample(k=2, pause_s=0.0) > 0
     assert np.allclose(p.bufs[0][1], np.exp(p.bufs[0][0]))  # the loop really ran
