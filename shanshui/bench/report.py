@@ -38,7 +38,7 @@ def summarize(samples: list[float] | None) -> dict | None:
     return {"median_s": float(np.median(xs)), "p10_s": _rank(xs, 0.1), "p90_s": _rank(xs, 0.9), "min_s": xs[0], "n": len(xs)}
 
 
-def _cpu() -> tuple[str, set[str]]:
+def cpu_info() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -67,7 +67,7 @@ def _git() -> dict:
 
 
 def environment(probe: dict, threads: int | None) -> dict:
-    model, flags = _cpu()
+    model, flags = cpu_info()
     versions = {}
     for dist in VERSIONED:
         try:
@@ -184,7 +184,9 @@ def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: d
         "settings": {"prompt": s.prompt, "seed": s.seed, "steps": s.steps, "guidance": s.guidance, "sampler": "dpmpp_2m",
                      "warmup": s.warmup, "repeats": s.repeats, "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats,
                      "threads": s.threads, "quick": s.quick, "images_per_call": 1, "steady": s.steady, "min_time_s": s.min_time_s,
-                     "probe_baseline_ms": round(1e3 * probe["probe_baseline_s"], 3) if probe.get("probe_baseline_s") else None},
+                     "probe_baseline_ms": round(1e3 * probe["probe_baseline_s"], 3) if probe.get("probe_baseline_s") else None,
+                     "probe_baseline_this_run_ms": round(1e3 * probe["probe_baseline_measured_s"], 3)
+                     if probe.get("probe_baseline_measured_s") else None},
         "models": [{"name": r.name, "resolution": r.resolution, "source": str(r.source) if r.source else None, "arch": r.arch,
                     "exports": {k: str(v) for k, v in r.exports.items()}} for r in refs],
         "optimum_venv": {k: optimum.get(k) for k in ("ready", "reason", "dir", "log")},
@@ -250,6 +252,7 @@ def compare_reports(old: dict, new: dict) -> list[dict]:
              "peak_rss": _ratio(n["generation"].get("peak_rss_mb"), o["generation"].get("peak_rss_mb")),
              "load": _ratio(n.get("load_s"), o.get("load_s"))}
         e["spread"] = max(relative_spread(n), relative_spread(o))
+        e["disturbed"] = [tag for tag, r in (("new", n), ("old", o)) if (r.get("steadiness") or {}).get("kept_disturbed")]
         e["agrees"] = all(abs(e[k] - 1) <= e["spread"] for k in ("generation", "unet_step") if e[k] is not None)
         out.append(e)
     return out
@@ -287,7 +290,8 @@ def format_compare(entries: list[dict], old: dict, new: dict) -> str:
             continue
         f = [f"{e[k]:.2f}×" if e[k] is not None else "—" for k in ("generation", "unet_step", "peak_rss", "load")]
         lines.append(f"{e['id']:{width}s}  {f[0]:>10s}  {f[1]:>10s}  {f[2]:>8s}  {f[3]:>6s}  "
-                     f"{'±' + format(100 * e['spread'], '.0f') + '%':>6s}  {'yes' if e['agrees'] else 'NO'}")
+                     f"{'±' + format(100 * e['spread'], '.0f') + '%':>6s}  {'yes' if e['agrees'] else 'NO'}"
+                     + (f" (measured while disturbed: {' and '.join(e['disturbed'])} run)" if e.get("disturbed") else ""))
     both = [e for e in entries if "note" not in e]
     if both:
         agree = sum(e["agrees"] for e in both)

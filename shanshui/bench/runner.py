@@ -141,6 +141,13 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         peers = [] if "none" in config.peers else ["diffusers", "optimum"]  # optimum is listed even when not run
         probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers), "threads": s.threads,
                             "steady": s.steady}, workdir, "probe")
+        if s.steady and probe.get("ok"):
+            from shanshui.bench.report import cpu_info
+            from shanshui.bench.steady import remembered_baseline
+
+            key = f"{cpu_info()[0]}|{os.cpu_count()} cores|{s.threads} threads"
+            probe["probe_baseline_measured_s"] = probe.get("probe_baseline_s")
+            probe["probe_baseline_s"] = remembered_baseline(cache / "probe-baselines.json", key, probe.get("probe_baseline_s"))
         optimum = {"ready": False, "reason": "not requested"}
         if "optimum" in peers:
             optimum = optimum_venv(config.venv_root, create="optimum" in config.peers, timeout_s=config.venv_timeout_s,

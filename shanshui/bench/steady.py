@@ -151,3 +151,35 @@ class Guard:
         return {"enabled": self.enabled, "probe_baseline_ms": round(1e3 * self.baseline_s, 3) if self.baseline_s else None,
                 "tolerance": self.tolerance, "rerun": self.rerun, "kept_disturbed": self.kept_disturbed,
                 "waited_s": round(self.waited_s, 2), "gave_up": self.gave_up, "probes": self.probes}
+
+
+HISTORY = 10  # baselines remembered per machine
+
+
+def remembered_baseline(path, key: str, measured_s: float | None) -> float | None:
+    """The baseline to use: the lower of this run's and the first quartile of this machine's last HISTORY runs (kept
+    in the JSON file at `path`), so a run that starts while the machine is disturbed is still measured against a
+    quiet line. A machine that got slower for good raises the remembered quartile after a few runs."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        book = json.loads(path.read_text(encoding="utf-8"))
+        past = [float(x) for x in book.get(key, [])] if isinstance(book, dict) else []
+    except (OSError, ValueError, TypeError):
+        book, past = {}, []
+    if measured_s is None:
+        return baseline_of(past) if past else None
+    history = (past + [float(measured_s)])[-HISTORY:]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({**(book if isinstance(book, dict) else {}), key: history}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only loses the memory
+    return min(float(measured_s), baseline_of(past)) if past else float(measured_s)

@@ -105,6 +105,11 @@ def test_compare_says_whether_runs_agree_within_their_spread():
     assert entries["tiny@256/diffusers-cpu-fp32"]["agrees"]  # identical rows: within the 2% floor
     text = report.format_compare(report.compare_reports(old, new), old, new)
     assert "2 of 3 rows agree within their own spread" in text and "NO" in text and "±10%" in text
+    assert "disturbed" not in text
+    int8_new["steadiness"] = {"rerun": 4, "kept_disturbed": 3}
+    entries = {e["id"]: e for e in report.compare_reports(old, new)}
+    assert entries[int8_old["id"]]["disturbed"] == ["new"]
+    assert "(measured while disturbed: new run)" in report.format_compare(list(entries.values()), old, new)
 
 
 def test_spread_of_an_old_report_without_p10():

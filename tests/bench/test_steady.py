@@ -117,3 +117,23 @@ def test_real_probe_runs_one_thread_per_core_asked():
     p = CapacityProbe(3, n=1024, calls=2)
     assert len(p.bufs) == 3 and p.once() > 0 and p.sample(k=2, pause_s=0.0) > 0
     assert np.allclose(p.bufs[0][1], np.exp(p.bufs[0][0]))  # the loop really ran
+
+
+def test_a_run_that_starts_disturbed_is_measured_against_the_remembered_quiet_line(tmp_path):
+    book = tmp_path / "cache" / "probe-baselines.json"
+    assert steady.remembered_baseline(book, "cpu|2", None) is None  # nothing measured, nothing remembered
+    for quiet in (1.6e-3, 1.5e-3, 1.6e-3):
+        steady.remembered_baseline(book, "cpu|2", quiet)
+    assert steady.remembered_baseline(book, "cpu|2", 2.4e-3) == pytest.approx(1.55e-3)  # quartile of the quiet runs
+    assert steady.remembered_baseline(book, "other machine", 2.4e-3) == 2.4e-3  # per machine
+    assert steady.remembered_baseline(book, "cpu|2", 1.2e-3) == 1.2e-3  # a quieter run than ever counts at once
+    for _ in range(steady.HISTORY):  # a machine that got slower for good moves the line after HISTORY runs
+        steady.remembered_baseline(book, "cpu|2", 3e-3)
+    assert steady.remembered_baseline(book, "cpu|2", 3e-3) == pytest.approx(3e-3)
+
+
+def test_a_damaged_baseline_file_is_replaced(tmp_path):
+    book = tmp_path / "probe-baselines.json"
+    book.write_text("{not json", encoding="utf-8")
+    assert steady.remembered_baseline(book, "cpu", 2e-3) == 2e-3
+    assert steady.remembered_baseline(book, "cpu", 3e-3) == 2e-3
