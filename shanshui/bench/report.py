@@ -123,6 +123,11 @@ def _unet_s(rec: dict) -> float | None:
     return st.get("median_s") or (rec.get("unet_step_in_pipeline") or {}).get("median_s")
 
 
+def _unet_p10(rec: dict) -> float | None:
+    """The fastest tenth of the direct U-Net calls: noise only ever slows calls down, so this moves least between runs."""
+    return ((rec.get("stages") or {}).get("unet_step") or {}).get("p10_s")
+
+
 def _same_case(a: dict, b: dict) -> bool:
     return a["model"] == b["model"] and a["size"] == b["size"]
 
@@ -249,6 +254,7 @@ def compare_reports(old: dict, new: dict) -> list[dict]:
         e = {"id": rid,
              "generation": _ratio(n["generation"].get("median_s"), o["generation"].get("median_s")),
              "unet_step": _ratio(_unet_s(n), _unet_s(o)),
+             "unet_step_p10": _ratio(_unet_p10(n), _unet_p10(o)),
              "peak_rss": _ratio(n["generation"].get("peak_rss_mb"), o["generation"].get("peak_rss_mb")),
              "load": _ratio(n.get("load_s"), o.get("load_s"))}
         e["spread"] = max(relative_spread(n), relative_spread(o))
@@ -282,21 +288,22 @@ def format_compare(entries: list[dict], old: dict, new: dict) -> str:
     if diff:
         lines.append("note: settings differ: " + "; ".join(diff))
     width = max([len(e["id"]) for e in entries] + [3])
-    lines.append(f"{'row':{width}s}  {'generation':>10s}  {'U-Net step':>10s}  {'peak RSS':>8s}  {'load':>6s}  "
-                 f"{'spread':>6s}  within spread")
+    lines.append(f"{'row':{width}s}  {'generation':>10s}  {'U-Net step':>10s}  {'U-Net p10':>9s}  {'peak RSS':>8s}  "
+                 f"{'load':>6s}  {'spread':>6s}  within spread")
     for e in entries:
         if "note" in e:
             lines.append(f"{e['id']:{width}s}  {e['note']}")
             continue
-        f = [f"{e[k]:.2f}×" if e[k] is not None else "—" for k in ("generation", "unet_step", "peak_rss", "load")]
-        lines.append(f"{e['id']:{width}s}  {f[0]:>10s}  {f[1]:>10s}  {f[2]:>8s}  {f[3]:>6s}  "
+        f = [f"{e[k]:.2f}×" if e.get(k) is not None else "—" for k in ("generation", "unet_step", "unet_step_p10", "peak_rss", "load")]
+        lines.append(f"{e['id']:{width}s}  {f[0]:>10s}  {f[1]:>10s}  {f[2]:>9s}  {f[3]:>8s}  {f[4]:>6s}  "
                      f"{'±' + format(100 * e['spread'], '.0f') + '%':>6s}  {'yes' if e['agrees'] else 'NO'}"
                      + (f" (measured while disturbed: {' and '.join(e['disturbed'])} run)" if e.get("disturbed") else ""))
     both = [e for e in entries if "note" not in e]
     if both:
         agree = sum(e["agrees"] for e in both)
-        lines.append(f"{agree} of {len(both)} rows agree within their own spread (the larger of the two runs' "
-                     f"(p90 - p10) / median of direct U-Net calls, at least {100 * SPREAD_FLOOR:.0f}%)")
+        lines.append(f"{agree} of {len(both)} rows agree within their own spread (generation and U-Net medians; spread: "
+                     f"the larger of the two runs' (p90 - p10) / median of direct U-Net calls, at least "
+                     f"{100 * SPREAD_FLOOR:.0f}%). U-Net p10: the fastest tenth of the calls, which noise moves least.")
     return "\n".join(lines)
 
 
