@@ -35,8 +35,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="A short run: 4 steps, 1 warm-up, 1 measured generation, 5 calls per stage."),
     min_time: Optional[float] = typer.Option(None, "--min-time", help="Seconds of measured generations, and of direct "
                                              "calls per stage, at least (default 3; --quick: 1): short calls repeat."),
-    steady: bool = typer.Option(True, "--steady/--no-steady", help="Re-run calls measured while the machine was disturbed "
-                                                                   "(a CPU capacity probe around each call)."),
+    steady: bool = typer.Option(False, "--steady/--no-steady", help="Probe CPU capacity around blocks of calls and re-run "
+                                                                    "blocks another process disturbed (experimental, off by default)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report path stem: writes STEM.json, STEM.md and STEM.png "
                                                                  "(default: ./bench-report)."),
     compare: Optional[Path] = typer.Option(None, help="An older report: print new/old per row."),

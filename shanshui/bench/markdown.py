@@ -91,7 +91,8 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
             "- *× diffusers*: diffusers' StableDiffusionPipeline (PyTorch eager, same model, size, steps, scheduler, "
             "threads, device) time ÷ this row's; above 1 is faster than diffusers.",
             "- *PSNR / SSIM*: the row's image against an fp32 row's (same prompt, seed and initial noise).",
-            "- *Steadiness*: a CPU capacity probe (NumPy threads, one per row thread) runs before and after every "
-            "measured call; a call whose probe was slow (another tenant took part of a core) was measured again once "
-            "the machine settled, within a budget (`shanshui/bench/steady.py`; `--no-steady` turns it off).", ""]
+            f"- Generations and the direct calls of each stage went on for at least {s.get('min_time_s', 0)} s each "
+            "(short calls repeat), so a median spans many of a shared machine's short slow spells. With `--steady`, "
+            "a CPU capacity probe also ran around blocks of calls, and blocks another process disturbed were re-run "
+            "(`shanshui/bench/steady.py`).", ""]
     return "\n".join(out)

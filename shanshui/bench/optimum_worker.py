@@ -198,7 +198,7 @@ def main() -> int:
         mem = PeakRss()
         result.update(memory_method=mem.method, memory_note=mem.note)
         guard = load_steady(spec["steady_module"]).Guard(spec.get("threads") or os.cpu_count() or 1, spec.get("probe_baseline_s"),
-                                                         settle_s=spec.get("settle_s", 30.0), enabled=spec.get("steady", True))
+                                                         settle_s=spec.get("settle_s", 30.0), enabled=spec.get("steady", False))
         result.update(run(spec, mem, guard))
         result["steadiness"] = guard.report()
         result["ok"] = True

@@ -61,7 +61,7 @@ class Settings:
     threads: int | None = None
     quick: bool = False
     timeout_s: float | None = None  # per row; None: no limit
-    steady: bool = True  # re-measure calls taken while the machine was disturbed (bench/steady.py)
+    steady: bool = False  # probe capacity around call blocks, re-measure disturbed ones (bench/steady.py; opt-in)
     settle_s: float = 30.0  # longest wait for a disturbed machine to settle, once per row
     min_time_s: float = 3.0  # measured generations, and direct calls of each stage, go on at least this long
 

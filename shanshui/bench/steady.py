@@ -12,8 +12,10 @@ undisturbed):
   × the baseline (the first quartile of quiet samples, from the bench's probe process or the row's own start, the
   lower) is measured again once the probe settles (waiting at most `settle_s`, once per row), within a budget, and
   what stays disturbed is kept and counted, so a report says how clean its samples are.
-The probe does not predict the short spells (measured: its readings barely correlate with them), and ONNX Runtime's
-own spinning threads disturb it for ~100 ms after a call, hence the pause before each probe.
+Limits, measured: the probe does not predict the short spells (its readings barely correlate with them), nor a
+spell of tens of seconds in which the int8 U-Net ran 1.75x slower while fp32 did not; and inside a process holding
+ONNX Runtime sessions it read ~2x slow for long stretches with nothing else running, so its re-runs there are often
+false alarms. That is why the bench runs it only with `--steady`; the minimum time is always on.
 
 Standalone on purpose: NumPy and the standard library only, so the Optimum worker can load this file from its venv.
 """

@@ -244,7 +244,7 @@ def probe(spec: dict) -> dict:
     info["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
     info["trt_backend"] = importlib.util.find_spec("shanshui.runtime.trt_backend") is not None
     info["bitsandbytes"] = importlib.util.find_spec("bitsandbytes") is not None
-    if spec.get("steady", True):
+    if spec.get("steady", False):
         info["probe_baseline_s"] = measure_baseline(spec.get("threads") or os.cpu_count() or 1)
     return info
 
@@ -252,7 +252,7 @@ def probe(spec: dict) -> dict:
 def row_guard(spec: dict) -> Guard:
     """The steadiness guard of a row: the probe runs on as many threads as the row does."""
     return Guard(spec.get("threads") or os.cpu_count() or 1, spec.get("probe_baseline_s"), settle_s=spec.get("settle_s", 30.0),
-                 enabled=spec.get("steady", True))
+                 enabled=spec.get("steady", False))
 
 
 def init_model_task(spec: dict) -> dict:

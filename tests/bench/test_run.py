@@ -19,7 +19,7 @@ HEAVY = ["torch", "onnxruntime", "diffusers", "transformers"]
 def quick_run(tiny_export, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     args = ["bench", "--quick", "--model", str(tiny_export), "--size", "128", "--steps", "2", "--backends", "onnxruntime,tensorrt",
-            "--precisions", "fp32", "--threads", "1", "--cache", str(tmp / "cache"), "--out", str(tmp / "out" / "r")]
+            "--precisions", "fp32", "--threads", "1", "--steady", "--cache", str(tmp / "cache"), "--out", str(tmp / "out" / "r")]
     code = textwrap.dedent(f"""
         import sys
         from shanshui.cli import app
