@@ -36,6 +36,12 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+# Whether a component's ONNX Runtime pool threads spin between calls. Spinning pays for the U-Net, called back to
+# back; the text encoder's threads would spin on after its single call and take CPU from the first U-Net steps (on a
+# 2-core machine a probe read ~2x slow for 10-30 ms after a spinning session's call). scripts/spin_ab.py measures it.
+SPINNING = {"text_encoder": False, "unet": True, "vae_decoder": False}
+
+
 class OrtComponents:
     """ONNX Runtime sessions over an export folder; CUDA provider when asked for (or `auto` and present)."""
 
@@ -56,11 +62,17 @@ class OrtComponents:
         if threads:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
+        once = ort.SessionOptions()  # the same, for the components called once per image (see SPINNING)
+        once.log_severity_level, once.graph_optimization_level = opts.log_severity_level, opts.graph_optimization_level
+        if threads:
+            once.intra_op_num_threads, once.inter_op_num_threads = int(threads), 1
+        once.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for comp in ("text_encoder", "unet", "vae_decoder"):
             path = model.onnx_path(comp)
             try:
-                self.sessions[comp] = ort.InferenceSession(str(path), opts, providers=self.providers)
+                self.sessions[comp] = ort.InferenceSession(str(path), opts if SPINNING[comp] else once,
+                                                           providers=self.providers)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
                 raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
 
