@@ -35,6 +35,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="A short run: 4 steps, 1 warm-up, 1 measured generation, 5 calls per stage."),
     min_time: Optional[float] = typer.Option(None, "--min-time", help="Seconds of measured generations, and of direct "
                                              "calls per stage, at least (default 3; --quick: 1): short calls repeat."),
+    rounds: Optional[int] = typer.Option(None, help="Times each row runs, each in a fresh process, the rows taking turns "
+                                                    "(default 3): samples from several stretches of time."),
     steady: bool = typer.Option(False, "--steady/--no-steady", help="Probe CPU capacity around blocks of calls and re-run "
                                                                     "blocks another process disturbed (experimental, off by default)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report path stem: writes STEM.json, STEM.md and STEM.png "
@@ -49,7 +51,7 @@ def bench(
     from shanshui.bench.report import compare_reports, format_compare, load_report, write_reports
 
     for name, v, low in (("steps", steps, 1), ("repeats", repeats, 1), ("warmup", warmup, 0), ("stage-repeats", stage_repeats, 1),
-                         ("threads", threads, 1)):
+                         ("threads", threads, 1), ("rounds", rounds, 1)):
         if v is not None and v < low:
             raise ShanshuiError(f"--{name} must be at least {low}, got {v}")
     if min_time is not None and min_time < 0:
@@ -68,7 +70,7 @@ def bench(
 
         kw = dict(prompt=prompt, seed=seed, guidance=guidance, steps=steps, warmup=warmup, repeats=repeats,
                   stage_repeats=stage_repeats, threads=threads or default_threads() or os.cpu_count(), timeout_s=timeout,
-                  steady=steady, min_time_s=min_time)
+                  steady=steady, min_time_s=min_time, rounds=rounds)
         settings = Settings.quick_settings(**kw) if quick else Settings(**{k: v for k, v in kw.items() if v is not None})
         if not prompt.strip():
             raise ShanshuiError("the prompt is empty; pass --prompt with a painting to describe")

@@ -64,6 +64,7 @@ class Settings:
     steady: bool = False  # probe capacity around call blocks, re-measure disturbed ones (bench/steady.py; opt-in)
     settle_s: float = 30.0  # longest wait for a disturbed machine to settle, once per row
     min_time_s: float = 3.0  # measured generations, and direct calls of each stage, go on at least this long
+    rounds: int = 3  # each row runs this many times in fresh processes, the rows taking turns
 
     @classmethod
     def quick_settings(cls, **kw) -> "Settings":

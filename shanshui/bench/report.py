@@ -100,7 +100,7 @@ def _record(row, res: dict | None) -> dict:
            "speedup_vs_diffusers": None}
     if not res:
         return rec
-    rec.update({k: res.get(k) for k in ("pid", "model_dir", "disk_bytes", "component_precisions", "memory_method",
+    rec.update({k: res.get(k) for k in ("pid", "pids", "rounds", "model_dir", "disk_bytes", "component_precisions", "memory_method",
                                          "memory_note", "gpu_memory_method", "modules_loaded", "versions", "steadiness")
                 if k in res})
     if row.status != "ok":
@@ -188,7 +188,7 @@ def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: d
         "environment": environment(probe, s.threads),
         "settings": {"prompt": s.prompt, "seed": s.seed, "steps": s.steps, "guidance": s.guidance, "sampler": "dpmpp_2m",
                      "warmup": s.warmup, "repeats": s.repeats, "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats,
-                     "threads": s.threads, "quick": s.quick, "images_per_call": 1, "steady": s.steady, "min_time_s": s.min_time_s,
+                     "threads": s.threads, "quick": s.quick, "images_per_call": 1, "steady": s.steady, "min_time_s": s.min_time_s, "rounds": s.rounds,
                      "probe_baseline_ms": round(1e3 * probe["probe_baseline_s"], 3) if probe.get("probe_baseline_s") else None,
                      "probe_baseline_this_run_ms": round(1e3 * probe["probe_baseline_measured_s"], 3)
                      if probe.get("probe_baseline_measured_s") else None},

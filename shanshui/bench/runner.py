@@ -7,6 +7,7 @@ worker processes, one per row, so each row starts from an empty process (its own
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -160,34 +161,101 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         results: dict[str, dict] = {}
         by_name = {r.name: r for r in refs}
         runnable = [r for r in rows if r.status == "planned"]
-        with Display(len(runnable), quiet) as display:
-            for i, row in enumerate(runnable):
-                display.status(f"{row.id}: preparing")
-                try:
-                    sizes = config.sizes or [by_name[row.model].resolution]
-                    spec, meta = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log,
-                                           probe.get("probe_baseline_s"))
-                except ShanshuiError as e:
-                    row.status, row.reason = "failed", str(e)
-                    display.log(f"{row.id}: failed: {e}")
+        rounds = max(1, s.rounds)
+        specs: dict[str, tuple[dict, dict]] = {}
+        per_round: dict[str, list[dict]] = {}
+        with Display(len(runnable) * rounds, quiet) as display:
+            # Rounds: every row runs `rounds` times, each in a fresh process, the rows taking turns, so each row's
+            # samples come from several stretches of time (a shared machine is slow or fast for seconds to minutes).
+            for k in range(rounds):
+                for i, row in enumerate(runnable):
+                    if row.status == "failed":  # a failed round, or its preparation, ends the row
+                        display.advance()
+                        continue
+                    if k == 0:
+                        display.status(f"{row.id}: preparing")
+                        try:
+                            sizes = config.sizes or [by_name[row.model].resolution]
+                            specs[row.id] = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log,
+                                                      probe.get("probe_baseline_s"))
+                        except ShanshuiError as e:
+                            row.status, row.reason = "failed", str(e)
+                            display.log(f"{row.id}: failed: {e}")
+                            display.advance()
+                            continue
+                    spec, meta = specs[row.id]
+                    spec = {**spec, **round_share(s, rounds), "image": str(workdir / f"row{i}-r{k}.npy")}
+                    display.status(f"{row.id}: measuring" + (f" (round {k + 1} of {rounds})" if rounds > 1 else ""))
+                    if row.runner == "optimum":
+                        res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
+                    else:
+                        res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s)
+                    per_round.setdefault(row.id, []).append(res)
+                    if not res.get("ok"):
+                        row.status, row.reason = "failed", res.get("error")
                     display.advance()
-                    continue
-                display.status(f"{row.id}: measuring")
-                if row.runner == "optimum":
-                    res = run_worker(spec, workdir, f"row{i}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
-                else:
-                    res = run_worker(spec, workdir, f"row{i}", s.timeout_s)
-                res.update(meta)
-                results[row.id] = res
-                row.status, row.reason = ("ok", None) if res.get("ok") else ("failed", res.get("error"))
-                display.log(report.one_line(row, res))
-                display.advance()
+                    if k == rounds - 1 or not res.get("ok"):
+                        merged = merge_rounds(per_round[row.id])
+                        merged.update(meta)
+                        results[row.id] = merged
+                        if res.get("ok"):
+                            row.status, row.reason = "ok", None
+                        display.log(report.one_line(row, merged))
         rep = report.build_report(config, rows, results, probe, optimum, refs)
         rep["parent"] = {"pid": os.getpid(), "heavy_modules_loaded": sorted(m for m in HEAVY if m in sys.modules)}
         rep["environment"]["load_average_1m"] = {"start": load_start, "end": _loadavg()}
         return rep
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def round_share(s: Settings, rounds: int) -> dict:
+    """What one round of a row measures: its share of the repeats and of the minimum time (at least one of each)."""
+    return {"repeats": max(1, math.ceil(s.repeats / rounds)), "stage_repeats": max(1, math.ceil(s.stage_repeats / rounds)),
+            "min_time_s": s.min_time_s / rounds}
+
+
+def merge_rounds(results: list[dict]) -> dict:
+    """One row's result from its rounds: samples pooled, peaks the highest, the cold numbers and load from round 1
+    (load: the median over rounds), every process id kept. A failed round fails the row."""
+    bad = next((r for r in results if not r.get("ok")), None)
+    if bad is not None:
+        return bad
+    out = json.loads(json.dumps(results[0]))  # a deep copy
+    if len(results) == 1:
+        out["pids"] = [out.get("pid")]
+        return out
+    out["pids"] = [r.get("pid") for r in results]
+    out["rounds"] = len(results)
+    loads = sorted(r["load_s"] for r in results)
+    out["load_s"] = loads[len(loads) // 2]
+    for key in ("rss_after_load_mb", "peak_rss_load_mb"):
+        vals = [r.get(key) for r in results if r.get(key) is not None]
+        out[key] = max(vals) if vals else None
+    gen = out["generation"]
+    for r in results[1:]:
+        g = r["generation"]
+        gen["runs_s"] += g["runs_s"]
+        gen["steps_s"] += g["steps_s"]
+        for k, v in g["split_s"].items():
+            gen["split_s"].setdefault(k, []).extend(v)
+        for key in ("peak_rss_mb", "gpu_peak_mb"):
+            if g.get(key) is not None:
+                gen[key] = max(gen.get(key) or 0, g[key])
+        for name, st in r["stages"].items():
+            mine = out["stages"][name]
+            mine["runs_s"] += st["runs_s"]
+            if st.get("gpu_runs_ms"):
+                mine["gpu_runs_ms"] = mine.get("gpu_runs_ms", []) + st["gpu_runs_ms"]
+            for key in ("peak_rss_mb", "gpu_peak_mb"):
+                if st.get(key) is not None:
+                    mine[key] = max(mine.get(key) or 0, st[key])
+    if all(r.get("steadiness") for r in results):
+        st = out["steadiness"]
+        for key in ("rerun", "kept_disturbed", "waited_s", "probes"):
+            st[key] = sum(r["steadiness"].get(key, 0) for r in results)
+        st["gave_up"] = any(r["steadiness"].get("gave_up") for r in results)
+    return out
 
 
 def _loadavg() -> float | None:

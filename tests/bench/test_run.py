@@ -19,7 +19,7 @@ HEAVY = ["torch", "onnxruntime", "diffusers", "transformers"]
 def quick_run(tiny_export, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     args = ["bench", "--quick", "--model", str(tiny_export), "--size", "128", "--steps", "2", "--backends", "onnxruntime,tensorrt",
-            "--precisions", "fp32", "--threads", "1", "--steady", "--cache", str(tmp / "cache"), "--out", str(tmp / "out" / "r")]
+            "--precisions", "fp32", "--threads", "1", "--steady", "--rounds", "2", "--cache", str(tmp / "cache"), "--out", str(tmp / "out" / "r")]
     code = textwrap.dedent(f"""
         import sys
         from shanshui.cli import app
@@ -45,6 +45,7 @@ def test_report_schema(quick_run):
     assert env["threads"] == 1 and isinstance(env["cpu_flags"], dict) and "onnxruntime" in env["versions"]
     assert rep["settings"]["steps"] == 2 and rep["settings"]["quick"] is True
     assert rep["settings"]["steady"] is True and rep["settings"]["probe_baseline_ms"] > 0 and rep["settings"]["min_time_s"] == 1.0
+    assert rep["settings"]["rounds"] == 2
     by_id = {r["id"]: r for r in rep["rows"]}
     ok = [r for r in rep["rows"] if r["status"] == "ok"]
     assert {r["id"] for r in ok} == {"tiny@128/onnxruntime-cpu-fp32", "tiny@128/diffusers-cpu-fp32"}, by_id
@@ -71,8 +72,9 @@ def test_report_schema(quick_run):
 def test_each_row_ran_in_a_fresh_process(quick_run):
     rep, proc, _ = quick_run
     parent = int(proc.stdout.split("PID=")[1].split()[0])
-    pids = [r["pid"] for r in rep["rows"] if r["status"] == "ok"]
-    assert len(set(pids)) == len(pids) == 2 and parent not in pids
+    pids = [p for r in rep["rows"] if r["status"] == "ok" for p in r["pids"]]
+    assert len(set(pids)) == len(pids) == 4 and parent not in pids  # 2 rows × 2 rounds, each its own process
+    assert all(r["rounds"] == 2 and r["pid"] == r["pids"][0] for r in rep["rows"] if r["status"] == "ok")
     assert rep["parent"]["pid"] == parent and rep["parent"]["heavy_modules_loaded"] == []
     assert "HEAVY=\n" in proc.stdout  # the parent never imported torch or onnxruntime
     ort_row = next(r for r in rep["rows"] if r["id"].endswith("onnxruntime-cpu-fp32"))
