@@ -50,6 +50,8 @@ def draw_chart(report: dict) -> Image.Image:
             d.rectangle([x0, y + 4, x0 + length, y + ROW_H - 4], fill=color)
             d.text((x0 + length + 6, y + 6), text, fill="black", font=fs)
         y += ROW_H
-    d.text((12, y + 16), "shorter is faster; each row measured in its own process (see the Markdown/JSON report)",
+    rounds = report.get("settings", {}).get("rounds") or 1
+    how = f"in {rounds} fresh processes, the rows taking turns" if rounds > 1 else "in its own process"
+    d.text((12, y + 16), f"shorter is faster; each row measured {how} (see the Markdown/JSON report)",
            fill=(90, 90, 90), font=fs)
     return img

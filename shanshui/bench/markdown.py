@@ -79,7 +79,10 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
         out += [f"- `{r['id']}` ({r['status']}): {r.get('reason') or 'no reason recorded'}" for r in not_run]
     methods = sorted({r.get("memory_note") for r in report["rows"] if r.get("memory_note")})
     out += ["", "How to read it:", "",
-            "- Each row ran in its own fresh process. *load*: imports + model load. *1st gen*: the first (cold) "
+            ("- Each row ran in its own fresh process. " if (s.get("rounds") or 1) == 1 else
+             f"- Each row ran {s['rounds']} times, each in a fresh process, the rows taking turns; its samples are pooled "
+             "(*load*: the median of the rounds; *1st gen*, *1st U-Net*: the first round's). ")
+            + "*load*: imports + model load. *1st gen*: the first (cold) "
             "generation after load; *gen*: median (p90) of the measured generations after warm-up.",
             "- *U-Net step*, *text enc*, *VAE dec*: each stage called directly on fixed inputs from the component "
             "contract (U-Net: batch 2 = one classifier-free-guided step; text encoder: prompt + negative prompt; VAE: one "
