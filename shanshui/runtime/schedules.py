@@ -11,26 +11,46 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 
 
+ZERO_SNR_FLOOR = 2.0**-24  # ᾱ at the last timestep of a zero-terminal-SNR schedule, as diffusers' samplers clamp it
+
+
 def betas_from_config(cfg: dict) -> np.ndarray:
-    """β_t for t = 0..T-1 (float64), as diffusers computes them."""
+    """β_t for t = 0..T-1 (float64), as diffusers computes them (incl. rescale_betas_zero_snr)."""
     n = int(cfg.get("num_train_timesteps", 1000))
     start, end = float(cfg.get("beta_start", 0.00085)), float(cfg.get("beta_end", 0.012))
     kind = cfg.get("beta_schedule", "scaled_linear")
     if kind == "linear":
-        return np.linspace(start, end, n, dtype=np.float64)
-    if kind == "scaled_linear":
-        return np.linspace(start**0.5, end**0.5, n, dtype=np.float32).astype(np.float64) ** 2
-    if kind == "squaredcos_cap_v2":
+        betas = np.linspace(start, end, n, dtype=np.float64)
+    elif kind == "scaled_linear":
+        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float32).astype(np.float64) ** 2
+    elif kind == "squaredcos_cap_v2":
         f = lambda t: np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
         t = np.arange(n, dtype=np.float64)
-        return np.minimum(1 - f((t + 1) / n) / f(t / n), 0.999)
-    raise ShanshuiError(f"beta_schedule {kind!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2")
+        betas = np.minimum(1 - f((t + 1) / n) / f(t / n), 0.999)
+    else:
+        raise ShanshuiError(f"beta_schedule {kind!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2")
+    return rescale_zero_terminal_snr(betas) if cfg.get("rescale_betas_zero_snr", False) else betas
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. (2024), Algorithm 1: shift and scale sqrt(ᾱ) so that ᾱ_T = 0 and ᾱ_0 is unchanged."""
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    ab = sqrt_ab**2
+    return 1.0 - np.append(ab[0], ab[1:] / ab[:-1])
+
+
+def alphas_cumprod(cfg: dict) -> np.ndarray:
+    """ᾱ_t for t = 0..T-1; a zero terminal ᾱ is floored at 2⁻²⁴ (σ_max ≈ 4096) as diffusers' samplers do."""
+    ab = np.cumprod(1.0 - betas_from_config(cfg))
+    return np.maximum(ab, ZERO_SNR_FLOOR) if cfg.get("rescale_betas_zero_snr", False) else ab
 
 
 def train_sigmas(cfg: dict) -> np.ndarray:
     """σ at every training timestep t = 0..T-1, increasing."""
-    alphas_cumprod = np.cumprod(1.0 - betas_from_config(cfg))
-    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    ab = alphas_cumprod(cfg)
+    return np.sqrt((1 - ab) / ab)
 
 
 def sigma_to_t(sigma: np.ndarray | float, sigmas_t: np.ndarray) -> np.ndarray:

@@ -33,14 +33,18 @@ ARCHS: dict[str, dict] = {
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=256, attention_head_dim=(2, 4, 6), norm_num_groups=32,
+            # an attention-pooled text embedding added to the time embedding: every ResNet block hears the prompt,
+            # not only the cross-attention layers (issue 12's ablation); the U-Net keeps its three inputs
+            addition_embed_type="text", addition_embed_type_num_heads=64,
         ),
         "vae": dict(
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128, 128), layers_per_block=1,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             norm_num_groups=32, sample_size=256, scaling_factor=0.18215,
         ),
-        # trailing spacing starts sampling at t = 999, where a model trained from scratch has seen pure noise
-        "scheduler": dict(timestep_spacing="trailing", steps_offset=0),
+        # zero terminal SNR + v-prediction (Lin et al. 2024): at t = 999 the model sees pure noise, so the colour and
+        # light of the painting must come from the prompt, not from the starting noise; trailing spacing starts there
+        "scheduler": dict(timestep_spacing="trailing", steps_offset=0, prediction_type="v_prediction", rescale_betas_zero_snr=True),
     },
     "sd15": {
         "resolution": 512,
@@ -60,7 +64,7 @@ ARCHS: dict[str, dict] = {
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
         ),
-        "scheduler": dict(timestep_spacing="leading", steps_offset=1),  # as Stable Diffusion 1.5 ships it
+        "scheduler": dict(timestep_spacing="leading", steps_offset=1, prediction_type="epsilon"),  # as SD 1.5 ships it
     },
 }
 
@@ -87,8 +91,8 @@ def write_model_index(folder: Path) -> None:
     (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def build_components(arch: str, seed: int = 0):
-    """(text_encoder, unet, vae, scheduler) with random weights for `arch`, in fp32."""
+def build_components(arch: str, seed: int = 0, unet_overrides: dict | None = None, scheduler_overrides: dict | None = None):
+    """(text_encoder, unet, vae, scheduler) with random weights for `arch`, in fp32 (overrides: for ablations)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -96,11 +100,11 @@ def build_components(arch: str, seed: int = 0):
     spec = ARCHS[arch]
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**spec["text_encoder"])).eval()
-    unet = UNet2DConditionModel(**spec["unet"]).eval()
+    unet = UNet2DConditionModel(**{**spec["unet"], **(unet_overrides or {})}).eval()
     vae = AutoencoderKL(**spec["vae"]).eval()
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, **spec["scheduler"],
+        clip_sample=False, set_alpha_to_one=False, **{**spec["scheduler"], **(scheduler_overrides or {})},
     )
     return text_encoder, unet, vae, scheduler
 

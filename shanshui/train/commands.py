@@ -11,6 +11,11 @@ import typer
 app = typer.Typer(help="Train the VAE, then text encoder + U-Net, on rendered or real paintings.", no_args_is_help=True)
 
 
+class PredictionType(str, enum.Enum):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
+
+
 class MixedPrecision(str, enum.Enum):
     no = "no"
     fp16 = "fp16"
@@ -61,12 +66,23 @@ def unet(
     mixed_precision: MixedPrecision = typer.Option(MixedPrecision.bf16, help="On CUDA, and on CPUs with bf16 instructions (AVX512_BF16/AMX); other CPUs train in fp32."),
     seed: int = typer.Option(0),
     arch: Optional[str] = typer.Option("tiny", help="Architecture of text encoder and U-Net."),
+    text_lr_scale: float = typer.Option(0.5, help="The text encoder's learning rate as a fraction of --lr."),
+    text_pretrain_steps: int = typer.Option(600, help="Attribute pre-training steps of the text encoder before the U-Net (0: off)."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from this trained pipeline's text encoder, U-Net and tokenizer."),
+    prediction_type: Optional[PredictionType] = typer.Option(None, help="Override the architecture's prediction type (ablations)."),
+    zero_snr: Optional[bool] = typer.Option(None, "--zero-snr/--no-zero-snr", help="Override the architecture's zero-terminal-SNR schedule."),
+    text_time_embed: Optional[bool] = typer.Option(None, "--text-time-embed/--no-text-time-embed",
+                                                   help="Override the architecture's pooled text embedding in the time embedding."),
 ):
     """Train text encoder + U-Net jointly with the DDPM objective; writes a diffusers pipeline folder."""
     from shanshui.train.unet import UnetConfig, train_unet
 
     cfg = UnetConfig(arch=arch, steps=steps, batch=batch, lr=lr, size=size, sample_every=sample_every,
-                     checkpoint_every=checkpoint_every, mixed_precision=mixed_precision.value, seed=seed)
+                     checkpoint_every=checkpoint_every, mixed_precision=mixed_precision.value, seed=seed,
+                     text_lr_scale=text_lr_scale, text_pretrain_steps=text_pretrain_steps,
+                     init_from=str(init_from) if init_from else None,
+                     prediction_type=prediction_type.value if prediction_type else None, zero_snr=zero_snr,
+                     text_time_embed=text_time_embed)
     with _progress() as p:
         tasks: dict = {}
 

@@ -25,12 +25,13 @@ def attribute_classes() -> dict[str, tuple]:
     from shanshui.data import scene as S
 
     return {"style": S.STYLES, "season": S.SEASONS, "time": S.TIMES, "water": S.WATERS, "mist": S.MISTS,
-            "building": S.BUILDINGS, "peak_shape": S.PEAK_SHAPES, "boat": (False, True), "pine": (False, True)}
+            "building": S.BUILDINGS, "peak_shape": S.PEAK_SHAPES, "boat": (False, True), "pine": (False, True),
+            "format": S.FORMATS}
 
 
 def labels_of(scene) -> dict[str, int]:
     classes = attribute_classes()
-    values = {**scene.attributes(), "pine": "pine" in scene.tree_kinds}
+    values = {**scene.attributes(), "pine": "pine" in scene.tree_kinds, "format": scene.fmt}
     return {k: classes[k].index(values[k]) for k in classes}
 
 
@@ -87,7 +88,8 @@ def _classifier_cache(n_train: int, n_test: int, size: int, epochs: int, cache: 
     import shanshui.data.scene as scene_mod
 
     src = b"".join(Path(m.__file__).read_bytes() for m in (render_mod, scene_mod))
-    key = hashlib.sha256(src + f"{n_train},{n_test},{size},{epochs},{CLS_SIZE}".encode()).hexdigest()[:16]
+    heads = ",".join(f"{k}:{len(v)}" for k, v in attribute_classes().items())  # a new head needs a new classifier
+    key = hashlib.sha256(src + f"{n_train},{n_test},{size},{epochs},{CLS_SIZE},{heads}".encode()).hexdigest()[:16]
     return Path(cache or Path.home() / ".cache" / "shanshui") / f"attribute-classifier-{key}"
 
 
@@ -151,7 +153,7 @@ def targets_of(keys, scene) -> dict[str, set[int]]:
     classes = attribute_classes()
     out: dict[str, set[int]] = {}
     for attr, value in keys:
-        if attr in ("style", "season", "time", "water", "building", "peak_shape") and value in classes[attr]:
+        if attr in ("style", "season", "time", "water", "building", "peak_shape", "format") and value in classes[attr]:
             out[attr] = {classes[attr].index(value)}
         elif attr == "mist":  # "some mist" allows light or heavy; "light"/"heavy" pin it down
             allowed = {classes["mist"].index(v) for v in ("light", "heavy")} if value == "some" else {classes["mist"].index(value)}
@@ -170,7 +172,7 @@ def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, set[int]]]]:
 
     out = []
     for i in range(n):
-        scene = sample_scene(scene_seed(PROMPT_BASE, i), fmt="square")  # the model paints square images
+        scene = sample_scene(scene_seed(PROMPT_BASE, i))  # formats as in training: tall and wide scrolls are mounted on a square sheet
         lang = "zh" if i % 2 == 0 else "en"
         text, keys = caption_with_keys(scene, lang, np.random.default_rng(i))
         out.append((lang, text, targets_of(keys, scene)))
@@ -179,8 +181,9 @@ def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, set[int]]]]:
 
 def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
                    grid: Path | None = None, backend: str = "auto", progress: Callable[[str], None] = lambda s: None,
-                   classifier: dict | None = None) -> dict:
-    """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid."""
+                   classifier: dict | None = None, swap_seeds: int = 6, swap_grid: Path | None = None) -> dict:
+    """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid;
+    the prompt swap (same seeds, prompts differing in one attribute) when swap_seeds > 0."""
     from shanshui.runtime.pipeline import Pipeline, Request
     from shanshui.train.common import save_grid
 
@@ -199,7 +202,7 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
         for k, v in labels.items():
             hits.setdefault(k, []).append(bool(pred[k][i] in v))
     report = {
-        "model": str(model),
+        "model": Path(model).name,
         "prompts": len(cases), "steps": steps, "guidance": guidance, "sampler": sampler,
         "attribute_accuracy": {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())},
         "attribute_support": {k: len(v) for k, v in sorted(hits.items())},
@@ -208,11 +211,14 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
     }
     report["mean_accuracy"] = round(float(np.mean(list(report["attribute_accuracy"].values()))), 3)
     report["vae"] = vae_reconstruction(pipe)
+    if swap_seeds > 0:
+        report["prompt_swap"] = prompt_swap(pipe, net, ceiling, seeds=swap_seeds, steps=steps, guidance=guidance, sampler=sampler,
+                                            grid=swap_grid, progress=progress)
     if grid is not None:
         zh = [im for (lang, _, _), im in zip(cases, images) if lang == "zh"][:8]
         en = [im for (lang, _, _), im in zip(cases, images) if lang == "en"][:8]
         save_grid(zh + en, grid, cols=8)
-        report["grid"] = str(grid)
+        report["grid"] = Path(grid).name
         report["grid_prompts"] = [t for lang, t, _ in cases if lang == "zh"][:8] + [t for lang, t, _ in cases if lang == "en"][:8]
     return report
 
@@ -230,3 +236,112 @@ def vae_reconstruction(pipe, n: int = 32) -> dict | None:
     rec = reconstruct(vae, np.stack(images), pipe.components.device)
     return {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(images, rec)])), 2),
             "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(images, rec)])), 4), "images": n}
+
+
+# Prompt swap: the same seeds painted with prompts that differ in one attribute. Presence attributes are scored only
+# on the values a prompt can state (a prompt that does not mention mist does not ask for "no mist").
+SWAP_VALUES = {
+    "time": ("day", "dawn", "dusk", "night"), "style": ("ink", "blue_green"), "season": ("spring", "summer", "autumn", "winter"),
+    "mist": ("light", "heavy"), "water": ("river", "lake"), "boat": (True,), "pine": (True,),
+    "building": ("pavilion", "house", "pagoda"), "format": ("square", "tall", "wide"),
+}
+SWAP_BASE = {"zh": "青山环绕", "en": "surrounded by green mountains"}  # the phrase every swap prompt shares
+
+
+def swap_prompts(langs=("zh", "en")) -> list[tuple[str, object, str, str]]:
+    """(attribute, value, lang, prompt): the shared mountain phrase plus the captioner's first wording of the value."""
+    import dataclasses
+
+    from shanshui.data.captions import phrases
+    from shanshui.data.scene import sample_scene
+
+    base = sample_scene(0)
+    out = []
+    for attr, values in SWAP_VALUES.items():
+        for value in values:
+            field = {"boat": {"boat": True, "water": "river"}, "pine": {"trees": (("pine", 1),)}, "format": {"fmt": value}}
+            scene = dataclasses.replace(base, **field.get(attr, {attr: value}))
+            key = {"boat": ("boat", "yes"), "pine": ("tree", "pine")}.get(attr, (attr, value))
+            phrase = next(p for p in phrases(scene) if key in p.keys)
+            for lang in langs:
+                words = phrase.zh if lang == "zh" else phrase.en
+                sep = "，" if lang == "zh" else ", "
+                out.append((attr, value, lang, f"{words[0]}{sep}{SWAP_BASE[lang]}"))
+    return out
+
+
+def colour_stats(image: np.ndarray) -> dict[str, float]:
+    """Mean luminance, warmth (R − B) and greenness (G − (R + B)/2) of an (H, W, 3) uint8 image."""
+    x = image.astype(np.float64)
+    r, g, b = x[..., 0].mean(), x[..., 1].mean(), x[..., 2].mean()
+    return {"luminance": 0.299 * r + 0.587 * g + 0.114 * b, "warmth": r - b, "greenness": g - (r + b) / 2}
+
+
+CONTRASTS = (  # (name, attribute, value A, value B, statistic, A should be lower than B)
+    ("night darker than day", "time", "night", "day", "luminance"),
+    ("dusk warmer than night", "time", "night", "dusk", "warmth"),
+    ("blue-green greener than ink", "style", "ink", "blue_green", "greenness"),
+)
+
+
+def prompt_swap(pipe, net, ceiling: dict, seeds: int = 6, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
+                langs=("zh", "en"), grid: Path | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Per attribute: how often the classifier reads the prompted value, beside its ceiling; colour contrasts per seed."""
+    from shanshui.runtime.pipeline import Request
+
+    cases = swap_prompts(langs)
+    images = {}
+    for i, (attr, value, lang, text) in enumerate(cases):
+        progress(f"prompt swap {i + 1}/{len(cases)}: {text}")
+        for seed in range(seeds):
+            images[(attr, value, lang, seed)] = pipe(Request(text, steps=steps, guidance=guidance, seed=seed, sampler=sampler)).images[0]
+    keys = list(images)
+    pred = predict(net, thumbnails([images[k] for k in keys]))
+    classes = attribute_classes()
+    hits: dict[str, list[bool]] = {}
+    for j, (attr, value, _, _) in enumerate(keys):
+        hits.setdefault(attr, []).append(int(pred[attr][j]) == classes[attr].index(value))
+    acc = {a: round(float(np.mean(h)), 3) for a, h in hits.items()}
+    report = {"seeds": seeds, "langs": list(langs), "steps": steps, "guidance": guidance, "images": len(keys),
+              "accuracy": acc, "ceiling": {a: ceiling.get(a) for a in acc},
+              "of_ceiling": {a: round(acc[a] / ceiling[a], 3) if ceiling.get(a) else None for a in acc},
+              "chance": {a: round(1 / len(classes[a]), 3) for a in acc},
+              "contrasts": contrasts(images, seeds, langs),
+              "prompts": sorted({t for *_, t in cases})}
+    report["mean_of_ceiling"] = round(float(np.mean([v for v in report["of_ceiling"].values() if v is not None])), 3)
+    report["effect_size"] = conditional_effect(pipe, [t for a, v, lang, t in cases if lang == langs[0]])
+    if grid is not None:
+        rows = [(a, v) for a, v in (("time", "day"), ("time", "dusk"), ("time", "night"), ("style", "ink"), ("style", "blue_green"),
+                                    ("season", "winter"), ("season", "autumn"), ("boat", True), ("format", "tall"))]
+        from shanshui.train.common import save_grid
+
+        save_grid([images[(a, v, langs[0], s)] for a, v in rows for s in range(seeds)], grid, cols=seeds)
+        report["grid"] = Path(grid).name
+        report["grid_rows"] = [t for a, v in rows for (a2, v2, lang, t) in cases if (a2, v2, lang) == (a, v, langs[0])]
+    return report
+
+
+def contrasts(images: dict, seeds: int, langs) -> dict[str, dict]:
+    """For each CONTRASTS entry: in how many (seed, language) pairs value A's statistic is below value B's."""
+    out = {}
+    for name, attr, lo, hi, stat in CONTRASTS:
+        wins = [colour_stats(images[(attr, lo, lang, s)])[stat] < colour_stats(images[(attr, hi, lang, s)])[stat]
+                for lang in langs for s in range(seeds)]
+        out[name] = {"holds": int(sum(wins)), "of": len(wins)}
+    return out
+
+
+def conditional_effect(pipe, prompts: list[str], timesteps=(999, 750, 500, 250), seed: int = 0) -> dict[str, float]:
+    """Mean |out(cond) − out(uncond)| / |out(uncond)| of the U-Net at a few timesteps, over the prompts."""
+    h, w = pipe.default_size
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, pipe.dims.latent_channels, h // pipe.dims.vae_scale, w // pipe.dims.vae_scale)).astype(np.float32)
+    ids, _ = pipe.tokenizer(prompts + [""])
+    emb = pipe.components.text_encoder(ids).astype(np.float32)  # (P + 1, L, D)
+    out = {}
+    for t in timesteps:
+        uncond = pipe.components.unet(x, np.array([t], np.float32), emb[-1:])
+        ratios = [np.linalg.norm(pipe.components.unet(x, np.array([t], np.float32), emb[i : i + 1]) - uncond) / np.linalg.norm(uncond)
+                  for i in range(len(prompts))]
+        out[f"t{t}"] = round(float(np.mean(ratios)), 4)
+    return out

@@ -1,9 +1,11 @@
 """`shanshui train unet`: text encoder + U-Net trained jointly on VAE latents with the DDPM objective.
 
-ε-prediction MSE with min-SNR-γ weighting, AdamW, warm-up + cosine learning rate, EMA weights, random flips,
-caption dropout for classifier-free guidance, Chinese and English captions mixed. Latents are encoded once
-(posterior mean and std, kept in memory and in OUT/latents.safetensors) and re-sampled every step; flips are
-applied to latents. The output folder is a diffusers StableDiffusionPipeline that `shanshui export` takes.
+The prediction type and noise schedule are the architecture's (tiny: v-prediction on a zero-terminal-SNR schedule;
+sd15: ε), MSE with min-SNR-γ weighting, AdamW, warm-up + cosine learning rate, EMA weights, random flips, caption
+dropout for classifier-free guidance, Chinese and English captions mixed. Before the first step the text encoder is
+pre-trained to state each caption's scene attributes (`text_pretrain.py`). `init_from` starts from a trained
+pipeline (e.g. 128 px → 256 px). Latents are encoded once (posterior mean and std, in OUT/latents.safetensors) and
+re-sampled every step; flips are applied to latents. OUT is a diffusers StableDiffusionPipeline for `shanshui export`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,23 @@ class UnetConfig:
     sample_steps: int = 20
     mixed_precision: str = "bf16"
     seed: int = 0
+    # None keeps the architecture's own choice; set for ablations
+    prediction_type: str | None = None  # epsilon | v_prediction
+    zero_snr: bool | None = None  # rescale betas to zero terminal SNR
+    text_time_embed: bool | None = None  # pooled text embedding added to the time embedding
+    text_pretrain_steps: int = 600  # attribute pre-training of the text encoder (0: off); skipped with init_from
+    init_from: str | None = None  # a trained pipeline folder whose text encoder, U-Net and tokenizer to start from
+
+    def overrides(self) -> tuple[dict, dict]:
+        """(unet, scheduler) config overrides for build_components."""
+        unet, sched = {}, {}
+        if self.text_time_embed is not None:
+            unet["addition_embed_type"] = "text" if self.text_time_embed else None
+        if self.prediction_type is not None:
+            sched["prediction_type"] = self.prediction_type
+        if self.zero_snr is not None:
+            sched["rescale_betas_zero_snr"] = self.zero_snr
+        return unet, sched
 
 
 def encode_latents(vae, paths: list[Path], size: int, device, batch: int = 32, progress=None):
@@ -116,6 +135,8 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
 
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
+    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
+        raise ShanshuiError(f"prediction type {cfg.prediction_type!r} is not epsilon or v_prediction")
     vae_dir = Path(vae_dir)
     if not (vae_dir / "config.json").is_file():
         raise ShanshuiError(f"{vae_dir} is not a trained VAE folder; run `shanshui train vae DATA OUT` first")
@@ -127,9 +148,13 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).to(device).eval().requires_grad_(False)
     scale = float(vae.config.scaling_factor)
 
-    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed)
+    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, *cfg.overrides())
+    if scheduler.config.prediction_type == "epsilon" and scheduler.config.get("rescale_betas_zero_snr", False):
+        raise ShanshuiError("a zero-terminal-SNR schedule needs v-prediction (ε carries no signal at SNR 0)")
     text_len = text_encoder.config.max_position_embeddings
     tok_dir = out / "tokenizer"
+    if cfg.init_from:
+        _init_from(Path(cfg.init_from), text_encoder, unet, tok_dir)
     if not (tok_dir / "tokenizer.json").is_file():  # the vocabulary of this data set's captions
         corpus = [c for e in examples for c in e.captions]
         save_tokenizer(build_tokenizer(text_len, text_encoder.config.vocab_size, corpus), tok_dir, text_len)
@@ -137,6 +162,12 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
 
     tokenizer = open_tokenizer(tok_dir)
     mean, std = _latents(out, vae, examples, cfg, device, lambda i, n: progress and progress("encoding latents", i, n, 0.0))
+    if cfg.text_pretrain_steps > 0 and not cfg.init_from and latest_checkpoint(out / "checkpoints") is None:
+        from shanshui.train.text_pretrain import pretrain_text_encoder
+
+        report = pretrain_text_encoder(text_encoder, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed, device=device,
+                                       progress=lambda i, n, loss: progress and progress("text encoder pre-training", i, n, loss))
+        (out / "text_pretrain.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     modules = {"text_encoder": text_encoder.train(), "unet": unet.train()}
     opt = torch.optim.AdamW([
@@ -149,7 +180,8 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     if ckpt is not None:
         start = load_checkpoint(ckpt, modules, opt, ema)["step"]
     unet, text_encoder, opt = acc.prepare(unet, text_encoder, opt)
-    alphas_cumprod = torch.tensor(np.cumprod(1 - _betas(scheduler)), dtype=torch.float32, device=device)
+    alphas_cumprod = torch.tensor(np.cumprod(1 - _betas(scheduler)), dtype=torch.float32, device=device)  # ᾱ_T may be 0
+    prediction_type = scheduler.config.prediction_type
     log = LossLog(out / "loss.jsonl")
     rng = np.random.default_rng(cfg.seed + start)
     for step in range(start, cfg.steps):
@@ -165,7 +197,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         noise = torch.from_numpy(rng.standard_normal(lat.shape)).float().to(device)
         t = torch.from_numpy(rng.integers(0, len(alphas_cumprod), cfg.batch)).to(device)
         with acc.autocast():
-            loss = diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, cfg.min_snr_gamma)
+            loss = diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, cfg.min_snr_gamma, prediction_type)
         acc.backward(loss)
         acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
         opt.step()
@@ -199,19 +231,48 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     return summary
 
 
-def diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, min_snr_gamma: float = 5.0):
-    """DDPM ε-prediction MSE on latents lat (B, C, h, w) at timesteps t (B,), min-SNR-γ weighted when γ > 0."""
+def diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, min_snr_gamma: float = 5.0,
+                   prediction_type: str = "epsilon"):
+    """DDPM MSE (ε or v target) on latents lat (B, C, h, w) at timesteps t (B,), min-SNR-γ weighted when γ > 0.
+
+    Weights: ε — min(SNR, γ)/SNR (Hang et al. 2023); v — min(SNR + 1, γ)/(SNR + 1), which keeps full weight on the
+    low-SNR steps where composition and colour are decided (Hang et al.'s min(SNR, γ)/(SNR + 1) gives the pure-noise
+    step of a zero-terminal-SNR schedule weight 0).
+    """
     import torch
 
     ab = alphas_cumprod[t][:, None, None, None]
     noisy = ab.sqrt() * lat + (1 - ab).sqrt() * noise  # q(x_t | x_0)
     cond = text_encoder(ids).last_hidden_state  # (B, L, D)
     pred = unet(noisy, t, cond).sample  # (B, C, h, w)
-    per_sample = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
-    if min_snr_gamma > 0:  # Hang et al. 2023: weight min(SNR, γ)/SNR for ε-prediction
+    target = noise if prediction_type == "epsilon" else ab.sqrt() * noise - (1 - ab).sqrt() * lat
+    per_sample = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
+    if min_snr_gamma > 0:
         snr = (ab / (1 - ab)).flatten()
-        per_sample = per_sample * torch.clamp(snr, max=min_snr_gamma) / snr
+        if prediction_type == "epsilon":
+            per_sample = per_sample * torch.clamp(snr, max=min_snr_gamma) / snr
+        else:
+            per_sample = per_sample * torch.clamp(snr + 1, max=min_snr_gamma) / (snr + 1)
     return per_sample.mean()
+
+
+def _init_from(src: Path, text_encoder, unet, tok_dir: Path) -> None:
+    """Load text encoder and U-Net weights (strictly) and the tokenizer from a trained pipeline folder."""
+    from safetensors.torch import load_file
+
+    for name, module in (("text_encoder", text_encoder), ("unet", unet)):
+        files = sorted((src / name).glob("*.safetensors"))
+        if not files:
+            raise ShanshuiError(f"--init-from {src} has no {name}/*.safetensors; give a folder from `shanshui train unet`")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        if missing or unexpected:
+            raise ShanshuiError(f"--init-from {src}/{name} does not match this architecture "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected weights, e.g. {(missing or unexpected)[0]})")
+    if not tok_dir.is_dir():
+        shutil.copytree(src / "tokenizer", tok_dir)
 
 
 def _betas(scheduler) -> np.ndarray:

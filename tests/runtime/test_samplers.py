@@ -18,6 +18,11 @@ CASES = [  # (our sampler, diffusers scheduler, scheduler settings)
     ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing")),
     ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(timestep_spacing="leading", steps_offset=1)),
     ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(timestep_spacing="linspace", prediction_type="v_prediction")),
+    # the shipped tiny model's schedule: zero terminal SNR, v-prediction, trailing spacing (first step at σ ≈ 4096)
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", dict(timestep_spacing="trailing", prediction_type="v_prediction", rescale_betas_zero_snr=True)),
+    ("euler", "EulerDiscreteScheduler", dict(timestep_spacing="trailing", prediction_type="v_prediction", rescale_betas_zero_snr=True)),
+    ("ddim", "DDIMScheduler", dict(timestep_spacing="trailing", prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                   set_alpha_to_one=False, clip_sample=False)),
 ]
 
 
