@@ -67,6 +67,8 @@ def unet(
     seed: int = typer.Option(0),
     arch: Optional[str] = typer.Option("tiny", help="Architecture of text encoder and U-Net."),
     text_lr_scale: float = typer.Option(0.5, help="The text encoder's learning rate as a fraction of --lr."),
+    warmup: int = typer.Option(500, help="Linear learning-rate warm-up steps."),
+    ema_decay: float = typer.Option(0.999, help="EMA decay of the saved weights (lower for short fine-tunes)."),
     text_pretrain_steps: int = typer.Option(600, help="Attribute pre-training steps of the text encoder before the U-Net (0: off)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from this trained pipeline's text encoder, U-Net and tokenizer."),
     prediction_type: Optional[PredictionType] = typer.Option(None, help="Override the architecture's prediction type (ablations)."),
@@ -79,7 +81,7 @@ def unet(
 
     cfg = UnetConfig(arch=arch, steps=steps, batch=batch, lr=lr, size=size, sample_every=sample_every,
                      checkpoint_every=checkpoint_every, mixed_precision=mixed_precision.value, seed=seed,
-                     text_lr_scale=text_lr_scale, text_pretrain_steps=text_pretrain_steps,
+                     text_lr_scale=text_lr_scale, text_pretrain_steps=text_pretrain_steps, warmup=warmup, ema_decay=ema_decay,
                      init_from=str(init_from) if init_from else None,
                      prediction_type=prediction_type.value if prediction_type else None, zero_snr=zero_snr,
                      text_time_embed=text_time_embed)

@@ -135,6 +135,10 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
 
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
+    if not 0 <= cfg.ema_decay < 1 or cfg.warmup < 0 or cfg.text_pretrain_steps < 0:
+        raise ShanshuiError("ema decay must be in [0, 1), warm-up and text pre-training steps at least 0")
+    if cfg.init_from and not (Path(cfg.init_from) / "unet").is_dir():
+        raise ShanshuiError(f"--init-from {cfg.init_from} is not a pipeline folder from `shanshui train unet`")
     if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
         raise ShanshuiError(f"prediction type {cfg.prediction_type!r} is not epsilon or v_prediction")
     vae_dir = Path(vae_dir)

@@ -55,3 +55,19 @@ def test_shipped_fp16_safetensors_load_in_pytorch():
     parts = TorchComponents.from_folder(DEFAULT_DIFFUSERS, device="cpu", threads=1)
     ids = np.zeros((2, parts.te.config.max_position_embeddings), np.int64)
     assert np.isfinite(parts.text_encoder(ids)).all()
+
+
+def test_shipped_model_paints_what_the_prompt_says():
+    """Issue 12: same seed, prompts differing in time of day, no torch: the painting changes the way the words say.
+
+    (Blue-green vs ink does not hold reliably yet — 7 of 12 in eval's prompt swap — so it is measured there, not here.)
+    """
+    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.train.evaluate import colour_stats
+
+    pipe = Pipeline(threads=1)
+    prompts = {"day": "晴日当空，青山环绕", "night": "明月当空，青山环绕", "dusk": "夕阳西下，青山环绕"}
+    for seed in (0, 1):
+        stats = {k: colour_stats(pipe(Request(p, steps=12, seed=seed)).images[0]) for k, p in prompts.items()}
+        assert stats["night"]["luminance"] < stats["day"]["luminance"] - 10, (seed, stats)
+        assert stats["dusk"]["warmth"] > stats["night"]["warmth"], (seed, stats)
