@@ -24,6 +24,7 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.export.contract import ComponentSpec, ShapeSettings, components, parity_error
+from shanshui.export.graph_check import check_onnx
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
 from shanshui.fsutil import umask, write_json_atomic
@@ -168,6 +169,7 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
     else:
         raw.rename(final)
     shutil.rmtree(raw.parent)
+    check_onnx(final)
     export_s = time.perf_counter() - t0
 
     opts = ort.SessionOptions()
