@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.pngmeta import model_label
 from shanshui.runtime import schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
@@ -186,5 +187,5 @@ class Pipeline:
         images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
-        params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": str(self.root)}
+        params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root)}
         return Result(images=images, params=params, timings=timings, truncated=truncated[0])
