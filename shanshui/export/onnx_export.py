@@ -67,11 +67,13 @@ def _load_module(source: SourceModel, name: str):
     import torch
     import transformers
 
+    from shanshui.weights import load_strict
+
     index = read_json(source.root / "model_index.json")
     folder = source.root / SOURCE_FOLDER[name]
     if name == "text_encoder":
         cls = getattr(transformers, index.get("text_encoder", [None, "CLIPTextModel"])[1] or "CLIPTextModel")
-        model = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+        model = load_strict(cls, folder, "text encoder", use_safetensors=True, torch_dtype=torch.float32)
 
         class TextEncoder(torch.nn.Module):
             def __init__(self, m):
@@ -84,7 +86,7 @@ def _load_module(source: SourceModel, name: str):
 
         return TextEncoder(model).eval()
     if name == "unet":
-        model = diffusers.UNet2DConditionModel.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+        model = load_strict(diffusers.UNet2DConditionModel, folder, "U-Net", use_safetensors=True, torch_dtype=torch.float32)
 
         class UNet(torch.nn.Module):
             def __init__(self, m):
@@ -95,7 +97,7 @@ def _load_module(source: SourceModel, name: str):
                 return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]  # (B2, C, h, w)
 
         return UNet(model).eval()
-    model = diffusers.AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+    model = load_strict(diffusers.AutoencoderKL, folder, "VAE", use_safetensors=True, torch_dtype=torch.float32)
 
     class VaeDecoder(torch.nn.Module):
         def __init__(self, m):

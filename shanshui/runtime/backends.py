@@ -114,6 +114,7 @@ class TorchComponents:
             raise ShanshuiError(f"the torch backend needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
         from shanshui.export.onnx_export import quiet_hf
         from shanshui.export.source import read_json
+        from shanshui.weights import load_strict
 
         quiet_hf()
         if device == "cuda" and not torch.cuda.is_available():
@@ -134,12 +135,9 @@ class TorchComponents:
         te_cls = getattr(transformers, (index.get("text_encoder") or [None, "CLIPTextModel"])[1])
         kw = dict(use_safetensors=True, torch_dtype=torch_dtype)
         place = "cpu" if dtype == "int8" else device  # int8: to_int8 quantizes and places the modules
-        try:
-            te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(place).eval()
-            un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(place).eval()
-            vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(place).eval()
-        except (OSError, ValueError) as e:
-            raise ShanshuiError(f"cannot load the PyTorch model from {root}: {str(e).splitlines()[0]}") from None
+        te = load_strict(te_cls, Path(root) / "text_encoder", "text encoder", **kw).to(place).eval()
+        un = load_strict(diffusers.UNet2DConditionModel, Path(root) / "unet", "U-Net", **kw).to(place).eval()
+        vae = load_strict(diffusers.AutoencoderKL, Path(root) / "vae", "VAE", **kw).to(place).eval()
         if dtype == "int8":
             te, un, vae = torch_cuda.to_int8(te, un, vae, device)
         runner = torch_cuda.CudaRunner(te, un, vae, dtype, cuda_graphs, compile=compile) if device == "cuda" else None

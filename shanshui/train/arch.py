@@ -127,6 +127,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
     from shanshui.export.onnx_export import quiet_hf
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+    from shanshui.weights import save_text_encoder
 
     quiet_hf()
     spec = ARCHS[arch]
@@ -134,7 +135,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        save_text_encoder(text_encoder, tmp / "text_encoder")  # key names transformers 4.x and 5.x both read
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")
