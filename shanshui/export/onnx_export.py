@@ -27,7 +27,9 @@ from shanshui.export.contract import ComponentSpec, ShapeSettings, components, p
 from shanshui.export.graph_check import check_onnx
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
+from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
 from shanshui.fsutil import umask, write_json_atomic
+from shanshui.runtime.clip_bpe import special_tokens
 
 OPSET = 17
 TWO_GB = 2**31
@@ -211,20 +213,16 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
 
 
 def _copy_side_files(source: SourceModel, out: Path) -> dict:
-    """Scheduler, tokenizer (always as tokenizer.json, so the runtime needs only `tokenizers`) and configs."""
+    """Scheduler, tokenizer (tokenizer.json for the runtime; CLIP's BPE files as well, see tokenizer_files) and configs."""
     for sub in ("scheduler", "tokenizer"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     shutil.copy2(source.root / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
     tok_src = source.root / "tokenizer"
     tok_cfg = read_json(tok_src / "tokenizer_config.json")
-    if (tok_src / "tokenizer.json").is_file():
-        for f in tok_src.iterdir():
-            if f.is_file():
-                shutil.copy2(f, out / "tokenizer" / f.name)
-    else:  # e.g. a CLIP vocab.json + merges.txt: let transformers write the fast tokenizer.json
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(tok_src, use_fast=True).save_pretrained(out / "tokenizer")
+    index = read_json(source.root / "model_index.json")
+    write_tokenizer_folder(tok_src, out / "tokenizer", index)  # CLIP: vocab.json + merges.txt and tokenizer.json
+    if is_clip_bpe(out / "tokenizer", index):
+        tok_cfg = {**special_tokens(out / "tokenizer"), **tok_cfg}
     pad = tok_cfg.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))
