@@ -33,7 +33,7 @@ from shanshui.runtime.clip_bpe import special_tokens
 
 OPSET = 17
 TWO_GB = 2**31
-SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
 
 
 class Precision(str, enum.Enum):
@@ -100,6 +100,10 @@ def _load_module(source: SourceModel, name: str):
 
         return UNet(model).eval()
     model = load_strict(diffusers.AutoencoderKL, folder, "VAE", use_safetensors=True, torch_dtype=torch.float32)
+    if name == "vae_encoder":
+        from shanshui.export.vae_encoder import VaeEncoder
+
+        return VaeEncoder(model).eval()
 
     class VaeDecoder(torch.nn.Module):
         def __init__(self, m):

@@ -2,8 +2,9 @@
 
 The candidate is built in a hidden folder inside OUT, checked (finite outputs per component, then the image
 quality gate), and only then moved into place with its manifest written last. A failed gate leaves OUT as it was.
-int8 quantizes the U-Net (calibrated static QDQ, see int8.py); the text encoder and VAE decoder become int8 where
-their own output measures within COMPONENT_FLOORS of fp32, fp16 otherwise.
+int8 quantizes the U-Net (calibrated static QDQ, see int8.py); the text encoder and VAE decoder and encoder become
+int8 where their own output measures within COMPONENT_FLOORS of fp32, fp16 otherwise. The gate (gate.py) paints
+image-to-image too when the export has a VAE encoder.
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def _fp16_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> t
 
 # int8 mode, text encoder and VAE decoder: int8 when their own output stays within these floors against fp32 on
 # the calibration inputs (measured), else fp16. (output name, compared as images?, floor in dB)
-COMPONENT_FLOORS = {"text_encoder": ("last_hidden_state", False, 30.0), "vae_decoder": ("sample", True, 35.0)}
+COMPONENT_FLOORS = {"text_encoder": ("last_hidden_state", False, 30.0), "vae_decoder": ("sample", True, 35.0),
+                    "vae_encoder": ("latent_parameters", False, 30.0)}
 
 
 class _LazyFeeds:

@@ -6,7 +6,7 @@ import pytest
 from shanshui.errors import ShanshuiError
 from shanshui.export.graph_check import check_onnx, topological_sort
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def test_fp32_export_passes_the_full_checker(tiny_export):

@@ -54,9 +54,10 @@ def test_fp16_keeps_float32_io_and_sensitive_ops(fp16_export, tiny_export):
 def test_gate_report_and_manifest(fp16_export):
     m = json.loads((fp16_export / MANIFEST).read_text())
     assert m["precision"] == "fp16" and m["gate"]["passed"]
-    assert m["gate"]["worst"]["psnr_db"] >= 35.0 and len(m["gate"]["images"]) == 2
+    assert m["gate"]["worst"]["psnr_db"] >= 35.0 and len(m["gate"]["images"]) == 3  # 2 prompts + 1 image-to-image
+    assert m["gate"]["images"][-1]["mode"].startswith("img2img")
     assert len(m["gate"]["unet_step_snr_db"]) == m["gate"]["steps"]
-    assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder"))
+    assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder"))
     assert m["files_bytes"]["unet"] == sum(m["components"]["unet"]["files"].values())
     assert not list(fp16_export.glob(".candidate-*"))
     agreement = m["gate"]["attribute_agreement"]  # eval's classifier, when trained on this machine
@@ -161,7 +162,7 @@ def test_fp16_graphs_pass_the_full_checker_and_the_reference_runtime(fp16_export
 
     from shanshui.export.manifest import open_exported
 
-    for comp in ("text_encoder", "unet", "vae_decoder"):
+    for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         onnx.checker.check_model(str(fp16_export / comp / "model.onnx"), full_check=True)
     exported = open_exported(fp16_export)
     z = np.random.default_rng(0).standard_normal((1, exported.dims.latent_channels, 4, 4)).astype(np.float32)
