@@ -220,7 +220,9 @@ def _copy_side_files(source: SourceModel, out: Path) -> dict:
     """Scheduler, tokenizer (tokenizer.json for the runtime; CLIP's BPE files as well, see tokenizer_files) and configs."""
     for sub in ("scheduler", "tokenizer"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source.root / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+    from shanshui.runtime.schedules import portable_config
+
+    write_json_atomic(out / "scheduler" / "scheduler_config.json", portable_config(source.scheduler))
     tok_src = source.root / "tokenizer"
     tok_cfg = read_json(tok_src / "tokenizer_config.json")
     index = read_json(source.root / "model_index.json")

@@ -130,7 +130,7 @@ class Pipeline:
             self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
                                                           cuda_graphs=bool(cuda_graphs))
         with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            self.scheduler = json.load(f)
+            self.scheduler = schedules.with_class_defaults(json.load(f))
         self.load_seconds = time.perf_counter() - t0
 
     @classmethod
@@ -138,7 +138,8 @@ class Pipeline:
                    root: Path | None = None, backend: str = "torch") -> "Pipeline":
         """A pipeline over components already in memory (e.g. the models being trained)."""
         self = cls.__new__(cls)
-        self.components, self.tokenizer, self.scheduler, self.dims = components, tokenizer, scheduler, dims
+        self.components, self.tokenizer, self.dims = components, tokenizer, dims
+        self.scheduler = schedules.with_class_defaults(scheduler)
         self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
         return self
 

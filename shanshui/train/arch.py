@@ -44,7 +44,8 @@ ARCHS: dict[str, dict] = {
         ),
         # zero terminal SNR + v-prediction (Lin et al. 2024): at t = 999 the model sees pure noise, so the colour and
         # light of the painting must come from the prompt, not from the starting noise; trailing spacing starts there
-        "scheduler": dict(timestep_spacing="trailing", steps_offset=0, prediction_type="v_prediction", rescale_betas_zero_snr=True),
+        # (steps_offset only shifts `leading` timesteps; 1 is what diffusers' pipelines expect, 0 makes them warn)
+        "scheduler": dict(timestep_spacing="trailing", steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True),
     },
     "sd15": {
         "resolution": 512,
