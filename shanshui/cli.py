@@ -181,16 +181,23 @@ def generate(
     precision: Optional[TorchPrecision] = typer.Option(None, help="torch backend: fp32 (default); fp16, bf16 on CUDA; int8 (bitsandbytes, CPU or CUDA)."),
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs", help="Replay static shapes as CUDA graphs "
                                                "(tensorrt: on by default; torch on CUDA: the U-Net, off by default)."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Image-to-image: start from this picture (a photo "
+                                              "or a rough sketch, PNG/JPEG), scaled and centre-cropped to the image size."),
+    strength: Optional[float] = typer.Option(None, help="With --init-image: how much to repaint, in (0, 1] (default 0.6); "
+                                             "low keeps the picture, high keeps only its layout."),
 ):
-    """Paint a prompt into a PNG."""
+    """Paint a prompt into a PNG (or repaint a picture with --init-image)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shanshui.runtime.backends import default_threads
     from shanshui.runtime.image import numbered, save_png
     from shanshui.runtime.pipeline import Pipeline, Request
 
+    if strength is not None and init_image is None:
+        raise ShanshuiError("--strength is for image-to-image; give the picture with --init-image")
     req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
-                  height=height, width=width, sampler=sampler.value, num_images=num_images)
+                  height=height, width=width, sampler=sampler.value, num_images=num_images, init_image=init_image,
+                  strength=0.6 if strength is None else strength)
     if output.suffix.lower() != ".png":
         raise ShanshuiError(f"output {output} must end in .png")
     pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
@@ -199,7 +206,7 @@ def generate(
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=None, transient=True) as progress:
         task = progress.add_task("sampling", total=steps)
-        result = pipe(req, callback=lambda i, n: progress.update(task, completed=i + 1))
+        result = pipe(req, callback=lambda i, n: progress.update(task, completed=i + 1, total=n))
     if result.truncated:
         typer.echo(f"warning: the prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
     for i, image in enumerate(result.images):

@@ -121,7 +121,7 @@ class ComponentSpec:
 
 
 def components(dims: ModelDims) -> dict[str, ComponentSpec]:
-    """The three exported components of a latent diffusion pipeline, keyed by folder name."""
+    """The exported components of a latent diffusion pipeline, keyed by folder name (vae_encoder: image-to-image)."""
     c, n, d = dims.latent_channels, dims.text_len, dims.text_dim
     return {
         "text_encoder": ComponentSpec(
@@ -153,6 +153,14 @@ def components(dims: ModelDims) -> dict[str, ComponentSpec]:
             atol=1e-4,
             rtol=1e-3,
             notes="input is latents / scaling_factor; output in [-1, 1]",
+        ),
+        "vae_encoder": ComponentSpec(  # image-to-image; Optimum's names: the latent distribution's mean and log-variance
+            "vae_encoder",
+            inputs=(TensorSpec("sample", "float32", ("B", 3, "H", "W")),),
+            outputs=(TensorSpec("latent_parameters", "float32", ("B", 2 * c, "h", "w")),),
+            atol=1e-4,
+            rtol=1e-3,
+            notes="input is an image in [-1, 1]; output channels: mean then log-variance (× scaling_factor: latents)",
         ),
     }
 

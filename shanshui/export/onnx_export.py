@@ -24,13 +24,16 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.export.contract import ComponentSpec, ShapeSettings, components, parity_error
+from shanshui.export.graph_check import check_onnx
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
+from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
 from shanshui.fsutil import umask, write_json_atomic
+from shanshui.runtime.clip_bpe import special_tokens
 
 OPSET = 17
 TWO_GB = 2**31
-SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
 
 
 class Precision(str, enum.Enum):
@@ -66,11 +69,13 @@ def _load_module(source: SourceModel, name: str):
     import torch
     import transformers
 
+    from shanshui.weights import load_strict
+
     index = read_json(source.root / "model_index.json")
     folder = source.root / SOURCE_FOLDER[name]
     if name == "text_encoder":
         cls = getattr(transformers, index.get("text_encoder", [None, "CLIPTextModel"])[1] or "CLIPTextModel")
-        model = cls.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+        model = load_strict(cls, folder, "text encoder", use_safetensors=True, torch_dtype=torch.float32)
 
         class TextEncoder(torch.nn.Module):
             def __init__(self, m):
@@ -83,7 +88,7 @@ def _load_module(source: SourceModel, name: str):
 
         return TextEncoder(model).eval()
     if name == "unet":
-        model = diffusers.UNet2DConditionModel.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+        model = load_strict(diffusers.UNet2DConditionModel, folder, "U-Net", use_safetensors=True, torch_dtype=torch.float32)
 
         class UNet(torch.nn.Module):
             def __init__(self, m):
@@ -94,7 +99,11 @@ def _load_module(source: SourceModel, name: str):
                 return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]  # (B2, C, h, w)
 
         return UNet(model).eval()
-    model = diffusers.AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+    model = load_strict(diffusers.AutoencoderKL, folder, "VAE", use_safetensors=True, torch_dtype=torch.float32)
+    if name == "vae_encoder":
+        from shanshui.export.vae_encoder import VaeEncoder
+
+        return VaeEncoder(model).eval()
 
     class VaeDecoder(torch.nn.Module):
         def __init__(self, m):
@@ -168,6 +177,7 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
     else:
         raw.rename(final)
     shutil.rmtree(raw.parent)
+    check_onnx(final)
     export_s = time.perf_counter() - t0
 
     opts = ort.SessionOptions()
@@ -207,20 +217,18 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
 
 
 def _copy_side_files(source: SourceModel, out: Path) -> dict:
-    """Scheduler, tokenizer (always as tokenizer.json, so the runtime needs only `tokenizers`) and configs."""
+    """Scheduler, tokenizer (tokenizer.json for the runtime; CLIP's BPE files as well, see tokenizer_files) and configs."""
     for sub in ("scheduler", "tokenizer"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source.root / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+    from shanshui.runtime.schedules import portable_config
+
+    write_json_atomic(out / "scheduler" / "scheduler_config.json", portable_config(source.scheduler))
     tok_src = source.root / "tokenizer"
     tok_cfg = read_json(tok_src / "tokenizer_config.json")
-    if (tok_src / "tokenizer.json").is_file():
-        for f in tok_src.iterdir():
-            if f.is_file():
-                shutil.copy2(f, out / "tokenizer" / f.name)
-    else:  # e.g. a CLIP vocab.json + merges.txt: let transformers write the fast tokenizer.json
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(tok_src, use_fast=True).save_pretrained(out / "tokenizer")
+    index = read_json(source.root / "model_index.json")
+    write_tokenizer_folder(tok_src, out / "tokenizer", index)  # CLIP: vocab.json + merges.txt and tokenizer.json
+    if is_clip_bpe(out / "tokenizer", index):
+        tok_cfg = {**special_tokens(out / "tokenizer"), **tok_cfg}
     pad = tok_cfg.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))

@@ -2,8 +2,9 @@
 
 The candidate is built in a hidden folder inside OUT, checked (finite outputs per component, then the image
 quality gate), and only then moved into place with its manifest written last. A failed gate leaves OUT as it was.
-int8 quantizes the U-Net (calibrated static QDQ, see int8.py); the text encoder and VAE decoder become int8 where
-their own output measures within COMPONENT_FLOORS of fp32, fp16 otherwise.
+int8 quantizes the U-Net (calibrated static QDQ, see int8.py); the text encoder and VAE decoder and encoder become
+int8 where their own output measures within COMPONENT_FLOORS of fp32, fp16 otherwise. The gate (gate.py) paints
+image-to-image too when the export has a VAE encoder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from shanshui.errors import ShanshuiError
 
 PRECISIONS = ("fp16", "int8")
 INT8_TARGETS = ("cpu", "tensorrt")
-FP16_VERSION = 2  # bump when a conversion changes, so old outputs are rebuilt
+FP16_VERSION = 3  # bump when a conversion changes, so old outputs are rebuilt
 # Calibration prompts (distinct from the gate's), painted with the fp32 export to record real U-Net inputs.
 CALIBRATION_PROMPTS = (
     "水墨山水，远山如黛，江上渔舟", "a pine on a cliff above a misty river", "秋山红叶，夕阳西下，凉亭",
@@ -42,6 +43,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     int8_target: `cpu` — uint8 activations with zero points (ONNX Runtime's fast u8×s8 kernels); `tensorrt` —
     symmetric int8 activations, the only Q/DQ form TensorRT's explicit quantization takes."""
     from shanshui.export.contract import components
+    from shanshui.export.graph_check import check_onnx
     from shanshui.export.manifest import MANIFEST, open_exported, read_manifest
     from shanshui.fsutil import umask, write_json_atomic
     from shanshui.quantize.fp16 import FP16_BLOCK_OPS, outputs_finite
@@ -94,6 +96,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
                     (tmp / name / f).unlink()
                 files, info = _keep_fp32(src, tmp, name, entry, f"{precision} outputs overflowed (inf/nan); kept fp32")
                 on_event(name, info["reason"])
+            check_onnx(tmp / entry["file"])
             entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
             manifest["quantization"][name] = info
         manifest["files_bytes"] = {n: sum(e["files"].values()) for n, e in manifest["components"].items()}
@@ -138,7 +141,8 @@ def _fp16_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> t
 
 # int8 mode, text encoder and VAE decoder: int8 when their own output stays within these floors against fp32 on
 # the calibration inputs (measured), else fp16. (output name, compared as images?, floor in dB)
-COMPONENT_FLOORS = {"text_encoder": ("last_hidden_state", False, 30.0), "vae_decoder": ("sample", True, 35.0)}
+COMPONENT_FLOORS = {"text_encoder": ("last_hidden_state", False, 30.0), "vae_decoder": ("sample", True, 35.0),
+                    "vae_encoder": ("latent_parameters", False, 30.0)}
 
 
 class _LazyFeeds:

@@ -61,6 +61,9 @@ def convert_fp16(src: Path, dst: Path, block_ops: tuple[str, ...] = FP16_BLOCK_O
     load_external_data_for_model(model, str(Path(src).parent))
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(block_ops),
                                     disable_shape_infer=True)
+    from shanshui.export.graph_check import topological_sort
+
+    topological_sort(fp16.graph)  # the converter appends its input casts last; other consumers need producers first
     return save_onnx(fp16, dst)
 
 

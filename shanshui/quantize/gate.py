@@ -61,6 +61,7 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
             pairs.append((a, b))
             images.append({"prompt": prompt, "seed": seed, "psnr_db": round(psnr(a, b), 2), "ssim": round(ssim(a, b), 4)})
             step_snr.append([snr_db(out, cand_pipe.components.unet(x, t, c)) for x, t, c, out in recorder.calls])
+    images += _img2img_images(ref_pipe, cand_pipe, [a for a, _ in pairs[: len(seeds)]], prompts[-1], seeds, steps)
     floors = FLOORS[precision]
     worst = {"psnr_db": min(i["psnr_db"] for i in images), "ssim": min(i["ssim"] for i in images)}
     report = {
@@ -76,6 +77,22 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
     report["attribute_agreement"] = attribute_agreement(pairs)
     report["passed"] = all(worst[k] >= v for k, v in floors.items())
     return report
+
+
+def _img2img_images(ref_pipe, cand_pipe, inits, prompt: str, seeds, steps: int, strength: float = 0.6) -> list[dict]:
+    """Image-to-image rows of the gate (when both exports have a VAE encoder): fp32's first paintings repainted."""
+    from shanshui.metrics import psnr, ssim
+    from shanshui.runtime.pipeline import Request
+
+    if not (getattr(ref_pipe.components, "has_encoder", False) and getattr(cand_pipe.components, "has_encoder", False)):
+        return []
+    rows = []
+    for init, seed in zip(inits, seeds):
+        req = Request(prompt, steps=steps, seed=seed, guidance=5.0, init_image=init, strength=strength)
+        a, b = ref_pipe(req).images[0], cand_pipe(req).images[0]
+        rows.append({"prompt": prompt, "seed": seed, "mode": f"img2img (strength {strength})",
+                     "psnr_db": round(psnr(a, b), 2), "ssim": round(ssim(a, b), 4)})
+    return rows
 
 
 def attribute_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:

@@ -56,11 +56,11 @@ def int8_format(quant_format: str = "qdq", activations: str = "uint8", reduce_ra
 def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None = None,
                  size: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
-    U-Net feeds hold both guidance branches. At the export's default image size unless `size` is given."""
+    U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
     from shanshui.runtime.pipeline import Pipeline, Request
 
     pipe = Pipeline(export, threads=threads)
-    feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": []}
+    feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": [], "vae_encoder": []}
     te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 
     def text_encoder(ids):
@@ -73,7 +73,9 @@ def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None =
 
     def vae_decoder(z):
         feeds["vae_decoder"].append({"latent_sample": z})
-        return dec(z)
+        images = dec(z)
+        feeds["vae_encoder"].append({"sample": np.clip(images, -1, 1).astype(np.float32)})  # the encoder's inputs: paintings
+        return images
 
     pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder = text_encoder, recording_unet, vae_decoder
     for prompt in prompts:

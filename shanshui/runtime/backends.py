@@ -3,6 +3,8 @@
     text_encoder(input_ids (B2, L) int64) -> (B2, L, D) float32
     unet(x (B2, C, h, w) f32, t (B2,) f32, cond (B2, L, D) f32) -> ε or v (B2, C, h, w) f32   # the denoiser interface
     vae_decoder(z (B, C, h, w) f32, already / scaling_factor) -> image (B, 3, H, W) f32 in [-1, 1]
+    vae_encoder(image (B, 3, H, W) f32 in [-1, 1]) -> latent mean (B, C, h, w) f32, before × scaling_factor
+                (image-to-image; absent when `has_encoder` is False, e.g. exports made before vae_encoder existed)
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ class Device(str, enum.Enum):
 # Whether a component's ONNX Runtime pool threads spin between calls. Spinning pays for the U-Net, called back to
 # back; the text encoder's threads would spin on after its single call and take CPU from the first U-Net steps (on a
 # 2-core machine a probe read ~2x slow for 10-30 ms after a spinning session's call). scripts/spin_ab.py measures it.
-SPINNING = {"text_encoder": False, "unet": True, "vae_decoder": False}
+SPINNING = {"text_encoder": False, "unet": True, "vae_decoder": False, "vae_encoder": False}
+
+
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32}
 
 
 class OrtComponents:
@@ -68,7 +74,8 @@ class OrtComponents:
             once.intra_op_num_threads, once.inter_op_num_threads = int(threads), 1
         once.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        for comp in ("text_encoder", "unet", "vae_decoder"):
+        optional = ("vae_encoder",) if "vae_encoder" in model.manifest["components"] else ()
+        for comp in ("text_encoder", "unet", "vae_decoder") + optional:
             path = model.onnx_path(comp)
             try:
                 self.sessions[comp] = ort.InferenceSession(str(path), opts if SPINNING[comp] else once,
@@ -76,15 +83,33 @@ class OrtComponents:
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
                 raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
 
+        self.has_encoder = "vae_encoder" in self.sessions
+        # input dtypes as each graph declares them (Optimum exports take int32 ids, some an int64 timestep)
+        self.dtypes = {(c, i.name): ORT_DTYPES.get(i.type, np.float32) for c, s in self.sessions.items() for i in s.get_inputs()}
+
+    def _feed(self, comp: str, **arrays) -> dict:
+        feeds = {}
+        for name, v in arrays.items():
+            dtype = self.dtypes[(comp, name)]
+            v = np.asarray(v)
+            if np.issubdtype(dtype, np.integer) and v.dtype.kind == "f":
+                v = np.round(v)  # an integer timestep input: the nearest trained timestep
+            feeds[name] = v.astype(dtype, copy=False)
+        return feeds
+
     def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.sessions["text_encoder"].run(["last_hidden_state"], {"input_ids": input_ids.astype(np.int64)})[0]
+        return self.sessions["text_encoder"].run(["last_hidden_state"], self._feed("text_encoder", input_ids=input_ids))[0]
 
     def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        feeds = {"sample": x, "timestep": t.astype(np.float32), "encoder_hidden_states": cond}
+        feeds = self._feed("unet", sample=x, timestep=t, encoder_hidden_states=cond)
         return self.sessions["unet"].run(["out_sample"], feeds)[0]
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
-        return self.sessions["vae_decoder"].run(["sample"], {"latent_sample": z.astype(np.float32)})[0]
+        return self.sessions["vae_decoder"].run(["sample"], self._feed("vae_decoder", latent_sample=z))[0]
+
+    def vae_encoder(self, image: np.ndarray) -> np.ndarray:
+        params = self.sessions["vae_encoder"].run(["latent_parameters"], self._feed("vae_encoder", sample=image))[0]
+        return params[:, : params.shape[1] // 2]  # the mean; the log-variance follows
 
 
 class TorchComponents:
@@ -114,6 +139,7 @@ class TorchComponents:
             raise ShanshuiError(f"the torch backend needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
         from shanshui.export.onnx_export import quiet_hf
         from shanshui.export.source import read_json
+        from shanshui.weights import load_strict
 
         quiet_hf()
         if device == "cuda" and not torch.cuda.is_available():
@@ -134,12 +160,9 @@ class TorchComponents:
         te_cls = getattr(transformers, (index.get("text_encoder") or [None, "CLIPTextModel"])[1])
         kw = dict(use_safetensors=True, torch_dtype=torch_dtype)
         place = "cpu" if dtype == "int8" else device  # int8: to_int8 quantizes and places the modules
-        try:
-            te = te_cls.from_pretrained(Path(root) / "text_encoder", **kw).to(place).eval()
-            un = diffusers.UNet2DConditionModel.from_pretrained(Path(root) / "unet", **kw).to(place).eval()
-            vae = diffusers.AutoencoderKL.from_pretrained(Path(root) / "vae", **kw).to(place).eval()
-        except (OSError, ValueError) as e:
-            raise ShanshuiError(f"cannot load the PyTorch model from {root}: {str(e).splitlines()[0]}") from None
+        te = load_strict(te_cls, Path(root) / "text_encoder", "text encoder", **kw).to(place).eval()
+        un = load_strict(diffusers.UNet2DConditionModel, Path(root) / "unet", "U-Net", **kw).to(place).eval()
+        vae = load_strict(diffusers.AutoencoderKL, Path(root) / "vae", "VAE", **kw).to(place).eval()
         if dtype == "int8":
             te, un, vae = torch_cuda.to_int8(te, un, vae, device)
         runner = torch_cuda.CudaRunner(te, un, vae, dtype, cuda_graphs, compile=compile) if device == "cuda" else None
@@ -166,6 +189,11 @@ class TorchComponents:
         if self.cuda is not None:
             return self.cuda.vae_decoder(z)
         return self._run(lambda a: self.vae.decode(a, return_dict=False)[0], z.astype(np.float32))
+
+    has_encoder = True
+
+    def vae_encoder(self, image: np.ndarray) -> np.ndarray:
+        return self._run(lambda a: self.vae.encode(a, return_dict=False)[0].mean, image.astype(np.float32))
 
 
 def default_threads() -> int | None:

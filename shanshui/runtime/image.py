@@ -1,8 +1,7 @@
-"""Writing generated images: PNG with the prompt and parameters in a text chunk, written atomically."""
+"""Writing generated images: PNG with AUTOMATIC1111-style `parameters` text (see shanshui.pngmeta), atomically."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,15 @@ from shanshui.fsutil import atomic_path
 
 
 def save_png(path: Path, image: np.ndarray, params: dict) -> Path:
-    """Write an (H, W, 3) uint8 image; `parameters` (JSON) and `prompt` go in UTF-8 iTXt chunks."""
+    """Write an (H, W, 3) uint8 image with A1111 `parameters` text and a `shanshui` JSON chunk (UTF-8 iTXt)."""
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
+
+    from shanshui.pngmeta import png_info
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ShanshuiError(f"output {path} must end in .png")
-    info = PngInfo()
-    info.add_itxt("prompt", str(params.get("prompt", "")))
-    info.add_itxt("parameters", json.dumps(params, ensure_ascii=False, sort_keys=True))
+    info = png_info(params)
     try:
         with atomic_path(path) as tmp:
             Image.fromarray(image, "RGB").save(tmp, format="PNG", pnginfo=info)

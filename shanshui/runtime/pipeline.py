@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 
 from shanshui.errors import ShanshuiError
-from shanshui.runtime import schedules
+from shanshui.pngmeta import model_label
+from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
 from shanshui.runtime.samplers import SAMPLERS
@@ -36,6 +37,8 @@ class Request:
     width: int | None = None
     sampler: str = "dpmpp_2m"
     num_images: int = 1
+    init_image: object = None  # image-to-image: a path or an (H, W, 3) uint8 array (see img2img.py)
+    strength: float = 0.6  # image-to-image: how much of the schedule repaints it (0 keeps it, 1 almost ignores it)
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Pipeline:
             self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
                                                           cuda_graphs=bool(cuda_graphs))
         with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            self.scheduler = json.load(f)
+            self.scheduler = schedules.with_class_defaults(json.load(f))
         self.load_seconds = time.perf_counter() - t0
 
     @classmethod
@@ -135,7 +138,8 @@ class Pipeline:
                    root: Path | None = None, backend: str = "torch") -> "Pipeline":
         """A pipeline over components already in memory (e.g. the models being trained)."""
         self = cls.__new__(cls)
-        self.components, self.tokenizer, self.scheduler, self.dims = components, tokenizer, scheduler, dims
+        self.components, self.tokenizer, self.dims = components, tokenizer, dims
+        self.scheduler = schedules.with_class_defaults(scheduler)
         self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
         return self
 
@@ -150,6 +154,8 @@ class Pipeline:
             raise ShanshuiError(f"guidance must be between 0 and 50, got {req.guidance}")
         if not 1 <= req.num_images <= 16:
             raise ShanshuiError(f"num-images must be between 1 and 16, got {req.num_images}")
+        if req.init_image is not None:
+            img2img.skipped_steps(req.steps, req.strength)  # checks the strength
         h = req.height or self.default_size[0]
         w = req.width or self.default_size[1]
         m = self.dims.size_multiple
@@ -174,7 +180,12 @@ class Pipeline:
         sigmas = SIGMA_SCHEDULES[req.sampler](self.scheduler, req.steps)
         rng = np.random.default_rng(req.seed)
         shape = (n, self.dims.latent_channels, h // self.dims.vae_scale, w // self.dims.vae_scale)
-        x = rng.standard_normal(shape) * np.sqrt(1.0 + sigmas[0] ** 2)  # float64 in σ-space
+        if req.init_image is None:
+            x = rng.standard_normal(shape) * np.sqrt(1.0 + sigmas[0] ** 2)  # float64 in σ-space
+        else:  # image-to-image: the picture's latents, noised to the σ where the kept steps begin
+            image = img2img.load_init_image(req.init_image, h, w)
+            skip = img2img.skipped_steps(req.steps, req.strength)
+            x, sigmas = img2img.start(self.components, image, self.scaling_factor, sigmas, skip, n, rng)
         model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler)
         x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
         latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
@@ -186,5 +197,8 @@ class Pipeline:
         images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
-        params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": str(self.root)}
+        params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root),
+                  "init_image": img2img.init_name(req.init_image)}
+        if req.init_image is None:
+            params.pop("strength")
         return Result(images=images, params=params, timings=timings, truncated=truncated[0])

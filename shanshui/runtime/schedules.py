@@ -11,6 +11,30 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 
 
+# diffusers' defaults per scheduler class for what a config may leave out: a config without timestep_spacing means
+# "leading" for the DDIM/DDPM/PNDM family and "linspace" for the k-diffusion-style and multistep solvers.
+LEADING_CLASSES = ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler",
+                   "DDIMParallelScheduler", "DDPMParallelScheduler")
+ALPHA_TO_ONE_FALSE = ("PNDMScheduler",)
+
+
+def with_class_defaults(cfg: dict) -> dict:
+    """The config with diffusers' defaults of its `_class_name` filled in (a config naming no class: DDIM's)."""
+    cls = cfg.get("_class_name") or "DDIMScheduler"
+    defaults = {"timestep_spacing": "leading" if cls in LEADING_CLASSES else "linspace", "steps_offset": 0,
+                "set_alpha_to_one": cls not in ALPHA_TO_ONE_FALSE, "prediction_type": "epsilon"}
+    return {**defaults, **{k: v for k, v in cfg.items() if v is not None}}
+
+
+def portable_config(cfg: dict) -> dict:
+    """A scheduler config to write: class defaults made explicit, and steps_offset 1 where it changes nothing
+    (it only shifts `leading` timesteps) so diffusers' pipelines do not warn about it on every load."""
+    out = with_class_defaults(cfg)
+    if out["timestep_spacing"] != "leading":
+        out["steps_offset"] = 1
+    return out
+
+
 ZERO_SNR_FLOOR = 2.0**-24  # ᾱ at the last timestep of a zero-terminal-SNR schedule, as diffusers' samplers clamp it
 
 

@@ -13,11 +13,12 @@ from shanshui.errors import ShanshuiError
 class PromptTokenizer:
     """Fixed-length encoding: the tokenizer's own special tokens, truncated and padded to max_length."""
 
-    def __init__(self, tokenizer_json: Path, max_length: int, pad_token: str):
+    def __init__(self, tokenizer_json, max_length: int, pad_token: str):
+        """`tokenizer_json`: a tokenizer.json path, or a `tokenizers.Tokenizer` already built."""
         from tokenizers import Tokenizer
 
         try:
-            self.tok = Tokenizer.from_file(str(tokenizer_json))
+            self.tok = tokenizer_json if isinstance(tokenizer_json, Tokenizer) else Tokenizer.from_file(str(tokenizer_json))
         except Exception as e:  # tokenizers raises plain Exception subclasses for unreadable files
             raise ShanshuiError(f"cannot read tokenizer {tokenizer_json}: {e}") from None
         pad_id = self.tok.token_to_id(pad_token)
@@ -39,11 +40,18 @@ def open_tokenizer(folder: Path, max_length: int | None = None, pad_token: str |
     folder = Path(folder)
     cfg_path = folder / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    if not (folder / "tokenizer.json").is_file():
-        raise ShanshuiError(f"{folder} has no tokenizer.json; run `shanshui export` on the model to make one")
+    source = folder / "tokenizer.json"
+    if not source.is_file():
+        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+            raise ShanshuiError(f"{folder} has neither tokenizer.json nor CLIP's vocab.json + merges.txt; "
+                                "re-save the model's tokenizer with transformers")
+        from shanshui.runtime.clip_bpe import clip_tokenizer, special_tokens
+
+        source = clip_tokenizer(folder)  # a CLIP BPE tokenizer as transformers 4.x saves it
+        cfg = {**special_tokens(folder), **cfg}
     pad = pad_token or cfg.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     length = max_length or int(cfg.get("model_max_length", 77))
     if not 0 < length <= 4096:
         length = 77
-    return PromptTokenizer(folder / "tokenizer.json", length, pad or "[PAD]")
+    return PromptTokenizer(source, length, pad or "[PAD]")

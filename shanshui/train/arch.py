@@ -44,7 +44,8 @@ ARCHS: dict[str, dict] = {
         ),
         # zero terminal SNR + v-prediction (Lin et al. 2024): at t = 999 the model sees pure noise, so the colour and
         # light of the painting must come from the prompt, not from the starting noise; trailing spacing starts there
-        "scheduler": dict(timestep_spacing="trailing", steps_offset=0, prediction_type="v_prediction", rescale_betas_zero_snr=True),
+        # (steps_offset only shifts `leading` timesteps; 1 is what diffusers' pipelines expect, 0 makes them warn)
+        "scheduler": dict(timestep_spacing="trailing", steps_offset=1, prediction_type="v_prediction", rescale_betas_zero_snr=True),
     },
     "sd15": {
         "resolution": 512,
@@ -127,6 +128,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
     from shanshui.export.onnx_export import quiet_hf
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+    from shanshui.weights import save_text_encoder
 
     quiet_hf()
     spec = ARCHS[arch]
@@ -134,7 +136,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        save_text_encoder(text_encoder, tmp / "text_encoder")  # key names transformers 4.x and 5.x both read
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")

@@ -132,6 +132,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator, read_examples
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+    from shanshui.weights import load_strict, save_text_encoder
 
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
@@ -149,7 +150,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     examples = read_examples(data)
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device
-    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).to(device).eval().requires_grad_(False)
+    vae = load_strict(AutoencoderKL, vae_dir, "VAE", use_safetensors=True).to(device).eval().requires_grad_(False)
     scale = float(vae.config.scaling_factor)
 
     text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, *cfg.overrides())
@@ -224,7 +225,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
                "parameters": {"text_encoder": count_parameters(te_final), "unet": count_parameters(unet_final), "vae": count_parameters(vae)}}
     summary["parameters"]["total"] = sum(summary["parameters"].values())
     if acc.is_main_process:
-        te_final.eval().save_pretrained(out / "text_encoder", safe_serialization=True)
+        save_text_encoder(te_final.eval(), out / "text_encoder")  # key names transformers 4.x and 5.x both read
         unet_final.eval().save_pretrained(out / "unet", safe_serialization=True)
         vae.save_pretrained(out / "vae", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")

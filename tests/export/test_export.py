@@ -13,7 +13,7 @@ from shanshui.export.onnx_export import export_model
 
 def test_layout_and_manifest(tiny_export):
     m = json.loads((tiny_export / MANIFEST).read_text())
-    for comp in ("text_encoder", "unet", "vae_decoder"):
+    for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         assert (tiny_export / comp / "model.onnx").is_file()
         assert (tiny_export / comp / "config.json").is_file()
         entry = m["components"][comp]
@@ -57,7 +57,7 @@ def test_each_component_matches_pytorch(tiny_model, tiny_export):
 
 
 def test_rerun_skips_unchanged_components(tiny_model, tiny_export):
-    before = {c: (tiny_export / c / "model.onnx").stat().st_mtime_ns for c in ("text_encoder", "unet", "vae_decoder")}
+    before = {c: (tiny_export / c / "model.onnx").stat().st_mtime_ns for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
     events = []
     export_model(tiny_model, tiny_export, max_batch=2, on_event=lambda c, e: events.append((c, e)))
     assert sorted(events) == sorted((c, "skip") for c in before)

@@ -54,9 +54,10 @@ def test_fp16_keeps_float32_io_and_sensitive_ops(fp16_export, tiny_export):
 def test_gate_report_and_manifest(fp16_export):
     m = json.loads((fp16_export / MANIFEST).read_text())
     assert m["precision"] == "fp16" and m["gate"]["passed"]
-    assert m["gate"]["worst"]["psnr_db"] >= 35.0 and len(m["gate"]["images"]) == 2
+    assert m["gate"]["worst"]["psnr_db"] >= 35.0 and len(m["gate"]["images"]) == 3  # 2 prompts + 1 image-to-image
+    assert m["gate"]["images"][-1]["mode"].startswith("img2img")
     assert len(m["gate"]["unet_step_snr_db"]) == m["gate"]["steps"]
-    assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder"))
+    assert all(m["quantization"][c]["precision"] == "fp16" for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder"))
     assert m["files_bytes"]["unet"] == sum(m["components"]["unet"]["files"].values())
     assert not list(fp16_export.glob(".candidate-*"))
     agreement = m["gate"]["attribute_agreement"]  # eval's classifier, when trained on this machine
@@ -152,3 +153,24 @@ def test_models_past_the_protobuf_limit_convert_with_external_data(tiny_export, 
     assert (tmp_path / "model.onnx.data").stat().st_size > 0.4 * weights  # fp16: about half the fp32 bytes
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.type for i in sess.get_inputs()][0] == "tensor(float)"  # float32 I/O kept
+
+
+def test_fp16_graphs_pass_the_full_checker_and_the_reference_runtime(fp16_export):
+    """Topologically sorted (the converter appends its input casts last); ONNX's own runtime runs the decoder."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    from shanshui.export.manifest import open_exported
+
+    for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        onnx.checker.check_model(str(fp16_export / comp / "model.onnx"), full_check=True)
+    exported = open_exported(fp16_export)
+    z = np.random.default_rng(0).standard_normal((1, exported.dims.latent_channels, 4, 4)).astype(np.float32)
+    ref = ReferenceEvaluator(str(fp16_export / "vae_decoder" / "model.onnx"))
+    import onnxruntime as ort
+
+    got = ref.run(["sample"], {"latent_sample": z})[0]
+    ort_out = ort.InferenceSession(str(fp16_export / "vae_decoder" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"]).run(["sample"], {"latent_sample": z})[0]
+    assert got.shape == (1, 3, 32, 32) and np.isfinite(got).all()
+    assert np.abs(got - ort_out).max() < 0.05  # two runtimes, both computing in fp16 with fp32 norms

@@ -79,3 +79,15 @@ def test_tensorrt_target_gives_the_symmetric_int8_form_tensorrt_builds(int8_expo
     m = quantize_export(tiny_export, tmp_path / "trt", "int8", check=False, int8_target="tensorrt")
     assert m["quantization"]["unet"]["format"]["activations"] == "int8"
     check_qdq_for_tensorrt(tmp_path / "trt" / "unet" / "model.onnx")  # raises if any Q/DQ is not symmetric int8
+
+
+def test_int8_graphs_pass_the_full_checker(int8_export):
+    import json
+
+    import onnx
+
+    from shanshui.export.manifest import MANIFEST
+
+    m = json.loads((int8_export / MANIFEST).read_text())
+    for comp, entry in m["components"].items():
+        onnx.checker.check_model(str(int8_export / entry["file"]), full_check=True)

@@ -56,9 +56,12 @@ def test_png_carries_parameters(ort_pipe, tmp_path):
     result = ort_pipe(Request(PROMPT, steps=2))
     path = save_png(tmp_path / "p.png", result.images[0], result.params)
     with Image.open(path) as im:
-        params = json.loads(im.text["parameters"])
-        assert im.text["prompt"] == PROMPT
+        params = json.loads(im.text["shanshui"])
+        text = im.text["parameters"]
+        assert "prompt" not in im.text  # ComfyUI reads a `prompt` chunk as its own workflow JSON
     assert params["prompt"] == PROMPT and params["steps"] == 2 and params["sampler"] == "dpmpp_2m"
+    assert text.splitlines()[0] == PROMPT and "Steps: 2, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 0" in text
+    assert params["model"] == ort_pipe.root.name and str(ort_pipe.root.parent) not in path.read_bytes().decode("latin-1")
     assert not list(tmp_path.glob(".*")), "temporary file left behind"
 
 
