@@ -30,7 +30,10 @@ def fp16_copy(src: Path, dst: Path) -> None:
         out = dst / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".safetensors":
-            tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+            from shanshui.weights import portable_key
+
+            rename = portable_key if rel.parts[0] == "text_encoder" else (lambda k: k)  # keys transformers 4.x and 5.x load
+            tensors = {rename(k): (v.half() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
             save_file(tensors, str(out), metadata={"format": "pt"})
         elif path.suffix in (".json", ".txt"):
             shutil.copy2(path, out)
