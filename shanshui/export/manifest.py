@@ -50,9 +50,14 @@ def read_manifest(root: Path) -> dict | None:
 
 
 def open_exported(root: Path) -> ExportedModel:
-    """An export folder made by `shanshui export`, with all three components present."""
+    """An export folder made by `shanshui export` (or another exporter's ONNX folder), with all three components."""
     root = Path(root)
     m = read_manifest(root)
+    if m is None:
+        from shanshui.export.foreign import foreign_manifest, is_foreign_onnx
+
+        if is_foreign_onnx(root):  # e.g. Optimum's export: a manifest from the folder's own configs
+            m = foreign_manifest(root)
     if m is None:
         raise ShanshuiError(f"{root} is not a shanshui export (no {MANIFEST}); run `shanshui export` on a model folder")
     model = ExportedModel(root, m)

@@ -86,6 +86,8 @@ class OrtComponents:
         self.has_encoder = "vae_encoder" in self.sessions
         # input dtypes as each graph declares them (Optimum exports take int32 ids, some an int64 timestep)
         self.dtypes = {(c, i.name): ORT_DTYPES.get(i.type, np.float32) for c, s in self.sessions.items() for i in s.get_inputs()}
+        # Optimum's U-Net takes the timestep as a scalar (one timestep per call, as the denoiser always gives)
+        self.scalar_t = [len(i.shape) for i in self.sessions["unet"].get_inputs() if i.name == "timestep"] == [0]
 
     def _feed(self, comp: str, **arrays) -> dict:
         feeds = {}
@@ -101,7 +103,7 @@ class OrtComponents:
         return self.sessions["text_encoder"].run(["last_hidden_state"], self._feed("text_encoder", input_ids=input_ids))[0]
 
     def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        feeds = self._feed("unet", sample=x, timestep=t, encoder_hidden_states=cond)
+        feeds = self._feed("unet", sample=x, timestep=t[0] if self.scalar_t else t, encoder_hidden_states=cond)
         return self.sessions["unet"].run(["out_sample"], feeds)[0]
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:

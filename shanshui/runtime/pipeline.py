@@ -67,6 +67,10 @@ def _kind(root: Path) -> str:
         raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
     if (root / MANIFEST).is_file():
         return "onnx"
+    from shanshui.export.foreign import is_foreign_onnx
+
+    if is_foreign_onnx(root):  # Optimum's ONNX layout, no manifest of ours
+        return "onnx"
     if (root / ENGINE_MANIFEST).is_file():
         return "engines"
     if (root / "model_index.json").is_file() and (root / "unet").is_dir():
