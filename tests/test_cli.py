@@ -26,7 +26,7 @@ def test_init_export_generate(tmp_path):
     model, onnx, png = tmp_path / "m", tmp_path / "m-onnx", tmp_path / "out.png"
     r = run("init", model, "--arch", "tiny", "--seed", "1")
     assert r.exit_code == 0, r.output
-    assert "24.6 M parameters" in r.output
+    assert "24.9 M parameters" in r.output
     assert json.loads((model / "shanshui.json").read_text())["parameters"]["total"] <= 25_000_000
     r = run("export", model, onnx, "--height", "128", "--width", "128", "--max-batch", "1")
     assert r.exit_code == 0, r.output

@@ -1,6 +1,6 @@
 """Model architectures and `shanshui init`: random-weight diffusers pipelines.
 
-tiny  the shanshui default: ~24.6 M parameters, 256×256 images, 32×32×4 latents, bilingual WordPiece tokenizer.
+tiny  the shanshui default: ~24.9 M parameters, 256×256 images, 32×32×4 latents, bilingual WordPiece tokenizer.
 sd15  Stable Diffusion 1.5 shapes (860 M U-Net, CLIP-L-sized text encoder, SD VAE) to measure at real scale.
 """
 

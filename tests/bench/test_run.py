@@ -64,7 +64,7 @@ def test_report_schema(quick_run):
         assert st["rerun"] >= 0 and st["kept_disturbed"] >= 0
         assert r["speedup_vs_diffusers"]["baseline"] == "tiny@128/diffusers-cpu-fp32"
         assert r["quality"]["ssim"] > 0.99  # same noise, scheduler and weights: diffusers and shanshui agree
-    assert by_id["tiny@128/onnxruntime-cpu-fp32"]["component_precisions"] == {c: "fp32" for c in ("text_encoder", "unet", "vae_decoder")}
+    assert by_id["tiny@128/onnxruntime-cpu-fp32"]["component_precisions"] == {c: "fp32" for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
     for rid, why in (("tiny@128/tensorrt-cuda-*", "CUDA"), ("tiny@128/optimum-cpu-fp32", "--peers optimum")):
         assert by_id[rid]["status"] == "skipped" and why in by_id[rid]["reason"]
 

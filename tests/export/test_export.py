@@ -160,6 +160,8 @@ def test_foreign_sd_folder_with_clip_tokenizer(tmp_path):
     src = tmp_path / "sd"
     pipe.save_pretrained(src, safe_serialization=True)
     (src / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # only the BPE files, as older SD folders ship
+    for name in ("vocab.json", "merges.txt"):  # transformers 5 saves a CLIPTokenizer as tokenizer.json alone
+        (src / "tokenizer" / name).write_text((tmp_path / name).read_text())
     out = tmp_path / "sd-onnx"
     m = export_model(src, out, height=32, width=32, max_batch=1)
     assert m["tokenizer"]["pad_token"] == "<|endoftext|>" and (out / "tokenizer" / "tokenizer.json").is_file()
