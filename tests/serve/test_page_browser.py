@@ -51,9 +51,14 @@ def test_paint_from_the_page(shipped_pipe, tmp_path):
             assert im.size == (128, 128)
             assert im.info["parameters"].startswith(PROMPT) and "Seed: 11" in im.info["parameters"]
             assert json.loads(im.info["shanshui"])["sampler"] == "euler"
+        page.fill("#steps", "60")  # long enough to watch: the page shows the server's step i/n while it paints
+        page.click("#paint")
+        page.wait_for_function("/step [1-9][0-9]*\\/60/.test(document.querySelector('#status-text').textContent)",
+                               timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#gallery figure').length == 2", timeout=120_000)
         page.fill("#prompt", "")  # an empty prompt is refused on the page, before any request
         page.click("#paint")
         assert "enter a prompt" in page.locator("#status-text").inner_text()
-        assert page.locator("#gallery figure").count() == 1
+        assert page.locator("#gallery figure").count() == 2
         browser.close()
     assert not errors, errors

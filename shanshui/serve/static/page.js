@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { config: null, preset: null };
+const state = { config: null, preset: null, pending: null };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -30,6 +30,35 @@ function status(text, isError) {
   const t = $("status-text");
   t.textContent = text;
   t.className = isError ? "error" : "";
+  if (state.pending) state.pending.text.textContent = text;
+}
+
+function setProgress(value) {
+  $("bar").value = value;
+  if (state.pending) state.pending.bar.value = value;
+}
+
+function showPending(width, height) {  // a card where the painting will appear, with the live progress
+  const fig = document.createElement("figure");
+  fig.className = "pending";
+  const box = document.createElement("div");
+  box.className = "placeholder";
+  box.style.aspectRatio = `${width} / ${height}`;
+  const bar = document.createElement("progress");
+  bar.max = 1;
+  bar.value = 0;
+  const text = document.createElement("span");
+  box.append(bar, text);
+  fig.append(box);
+  $("gallery").prepend(fig);
+  $("empty").hidden = true;
+  state.pending = { fig, bar, text };
+}
+
+function hidePending() {
+  if (state.pending) state.pending.fig.remove();
+  state.pending = null;
+  $("empty").hidden = $("gallery").children.length > 0;
 }
 
 function renderPresets(presets) {
@@ -45,10 +74,15 @@ function renderPresets(presets) {
     const scale = 22 / Math.max(p.width, p.height);
     shape.style.width = Math.round(p.width * scale) + "px";
     shape.style.height = Math.round(p.height * scale) + "px";
-    b.append(shape, `${p.zh} `);
+    const text = document.createElement("span");
+    text.className = "ptext";
+    const zh = document.createElement("span");
+    zh.className = "zh";
+    zh.textContent = p.zh;
     const small = document.createElement("small");
     small.textContent = `${p.en} ${p.width}×${p.height}`;
-    b.append(small);
+    text.append(zh, " ", small);
+    b.append(shape, text);
     b.addEventListener("click", () => choosePreset(p));
     box.append(b);
   }
@@ -124,9 +158,10 @@ async function pollProgress(task, until) {
         status(`排队中 · queued (${p.queue_position} ahead)`);
       } else if (p.status === "running") {
         const s = p.state;
-        const img = s.job_count && p.textinfo.startsWith("image") ? p.textinfo.split(",")[0] + " · " : "";
+        const m = /^image (\d+)\/(\d+)/.exec(p.textinfo);
+        const img = m && Number(m[2]) > 1 ? `${m[0]} · ` : "";
         status(`${img}第 ${s.sampling_step}/${s.sampling_steps} 步 · step ${s.sampling_step}/${s.sampling_steps}`);
-        $("bar").value = p.progress;
+        setProgress(p.progress);
       }
     } catch (e) { /* a missed poll is harmless */ }
     await new Promise((r) => setTimeout(r, 250));
@@ -147,7 +182,8 @@ async function paint(ev) {
   let path = "/sdapi/v1/txt2img";
   $("paint").disabled = true;
   $("bar").hidden = false;
-  $("bar").value = 0;
+  showPending(body.width, body.height);
+  setProgress(0);
   status("开始 · starting…");
   const until = { done: false };
   try {
@@ -159,12 +195,13 @@ async function paint(ev) {
     const polling = pollProgress(task, until);
     const out = await api(path, body).finally(() => { until.done = true; });
     await polling;
+    hidePending();
     const info = JSON.parse(out.info);
     out.images.forEach((b64, i) => addToGallery(b64, info.infotexts[i], info, i));
     if ($("random").checked) $("seed").value = info.seed;
     status(`完成 · done (seed ${info.seed})`);
-    $("bar").value = 1;
   } catch (e) {
+    hidePending();
     status(e.message, true);
   } finally {
     $("paint").disabled = false;
