@@ -143,6 +143,7 @@ def _add_painting_routes(api: APIRouter, pipe, painter: Painter, metrics: ServeM
             log.error("painting failed", exc_info=job.error)
             raise HTTPProblem(500, f"painting failed ({type(job.error).__name__}); see the server's log")
         images = await run_in_threadpool(lambda: [a1111.png_base64(im, p) for im, p in zip(job.images, job.params)])
+        job.images = []  # the job stays in painter.recent (for progress queries) without its pixels
         metrics.images.inc(len(images))
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return {"images": images, "parameters": a1111.echo_parameters(body),

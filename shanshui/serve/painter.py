@@ -155,5 +155,7 @@ class Painter:
             job.state = "done"
         except Cancelled:
             job.state = "cancelled"
+            job.images.clear()  # nobody will collect them; finished jobs stay in `recent` for progress queries
         except Exception as e:  # noqa: BLE001 — handed to the request, which answers it
             job.state, job.error = "failed", e
+            job.images.clear()

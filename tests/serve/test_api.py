@@ -249,3 +249,12 @@ def test_img2img_needs_an_encoder(client):
     assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
     r = client.post("/sdapi/v1/img2img", json={"prompt": PROMPT, **TINY})
     assert r.status_code == 422 and "init_images" in r.json()["detail"]
+
+
+def test_finished_jobs_keep_no_pixels(client):
+    """Jobs stay listed for progress queries; their images must not pile up in memory."""
+    client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **TINY, "force_task_id": "kept", "batch_size": 2})
+    job = client.app.state.painter.find("kept")
+    assert job.state == "done" and len(job.params) == 2 and job.images == []
+    p = client.get("/sdapi/v1/progress", params={"id_task": "kept"}).json()
+    assert p["status"] == "done" and p["progress"] == 1.0
