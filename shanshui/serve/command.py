@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from shanshui.errors import ShanshuiError
+from shanshui.pngmeta import model_label
 from shanshui.runtime.backends import Backend, Device, TorchPrecision
 from shanshui.serve import limits
 from shanshui.serve.security import NO_KEY_OPT_OUT, check_binding
@@ -47,8 +48,8 @@ def serve(
     if warning:
         typer.echo(warning, err=True)
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"shanshui: {app.title} serving model {pipe.root.name} on http://{shown}:{port}/ "
-               f"(API: /sdapi/v1, schema: /openapi.json); Ctrl-C stops", err=True)
+    typer.echo(f"serving {model_label(pipe.root)} on http://{shown}:{port}/ (page: /, API: /sdapi/v1, "
+               f"schema: /openapi.json); Ctrl-C stops", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:

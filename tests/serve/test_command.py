@@ -51,3 +51,8 @@ def test_key_matching():
     assert key_matches(f"Bearer {key}", None, key) and key_matches(None, key, key) and key_matches(basic, None, key)
     assert not key_matches(None, None, key) and not key_matches(f"Bearer {key}x", None, key)
     assert not key_matches("Basic !!!", None, key) and not key_matches(f"Token {key}", None, key)
+
+
+def test_opt_out_passes_the_binding_check():
+    r = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--insecure-no-api-key", "--model", "/nonexistent/m"])
+    assert r.exit_code == 1 and r.output.startswith("error: model folder")  # got past the binding rule to the model

@@ -62,3 +62,32 @@ def test_paint_from_the_page(shipped_pipe, tmp_path):
         assert page.locator("#gallery figure").count() == 2
         browser.close()
     assert not errors, errors
+
+
+def test_image_to_image_from_the_page(tmp_path):
+    """On a model with a VAE encoder (the shipped diffusers folder, torch backend) the page repaints an upload."""
+    path = require_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the [dev] extra installs playwright")
+    pytest.importorskip("torch", reason="the shipped model's VAE encoder runs on the [torch] extra")
+    from shanshui.models import default_source_path
+    from shanshui.runtime.pipeline import Pipeline
+
+    sketch = tmp_path / "sketch.png"
+    Image.new("RGB", (120, 90), (230, 228, 220)).save(sketch)
+    app = create_app(Pipeline(default_source_path(), backend="torch", threads=1))
+    with serving(app) as url, sync_api.sync_playwright() as pw:
+        browser = launch(pw, path)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(url + "/")
+        page.wait_for_selector(".preset[data-key=small]")
+        assert page.locator("#i2i-note").is_hidden() and page.locator("#init").is_enabled()
+        page.click(".preset[data-key=small]")
+        page.fill("#prompt", "雪山，寒林")
+        page.fill("#steps", "4")
+        page.set_input_files("#init", str(sketch))
+        page.fill("#strength", "0.5")  # a range input: fill sets its value
+        page.click("#paint")
+        page.wait_for_function("document.querySelector('#gallery figure img')?.naturalWidth === 128", timeout=60_000)
+        caption = page.locator("#gallery figcaption").inner_text()
+        assert "strength 0.5" in caption and "雪山，寒林" in caption
+        browser.close()
