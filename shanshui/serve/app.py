@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -214,6 +215,13 @@ def _add_info_routes(api: APIRouter, pipe, painter: Painter, metrics: ServeMetri
     def options() -> dict:
         return {"sd_model_checkpoint": label, "samples_format": "png", "CLIP_stop_at_last_layers": 1,
                 "sd_checkpoint_hash": None}
+
+    @api.post("/sdapi/v1/options")
+    def set_options(body: dict[str, Any]) -> None:
+        """Accepted and ignored (this server has no settings to change), except a request for another model."""
+        wanted = body.get("sd_model_checkpoint")
+        if wanted is not None and wanted != label:
+            raise ShanshuiError(f"only {label} is loaded; start another `shanshui serve --model …` for {wanted!r}")
 
     @api.get("/api/config")
     def config() -> dict:

@@ -101,6 +101,10 @@ def test_info_endpoints(client, shipped_pipe):
     models = client.get("/sdapi/v1/sd-models").json()
     assert models[0]["title"] == "shanshui-default" and "/" not in models[0]["filename"]
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "shanshui-default"
+    ok = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "shanshui-default", "CLIP_stop_at_last_layers": 2})
+    assert ok.status_code == 200 and ok.json() is None
+    other = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "v1-5-pruned.safetensors"})
+    assert other.status_code == 422 and "only shanshui-default is loaded" in other.json()["detail"]
     idle = client.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["textinfo"] == "idle"
     health = client.get("/health").json()
