@@ -163,6 +163,29 @@ def quantize(
     _print_export(manifest)
 
 
+LOW_MEMORY_HELP = ("Smallest memory (ONNX exports on the CPU): load, run and free one component at a time, lean ONNX "
+                   "Runtime sessions, the guidance batch split, the VAE decoded in blended tiles. Somewhat slower.")
+MAX_MEMORY_HELP = ("A memory budget such as 1G or 800M: the fastest strategy whose estimated peak fits is used and "
+                   "printed; too small a budget is refused with the smallest one that works.")
+
+
+def memory_strategy(model: Optional[Path], low_memory: bool, max_memory: Optional[str], height: Optional[int],
+                    width: Optional[int], n: int, guidance: bool):
+    """The lowmem.Strategy of --low-memory / --max-memory (None without them), chosen before loading, and printed."""
+    from shanshui.runtime.lowmem import format_mb, resolve
+    from shanshui.runtime.pipeline import default_model_dir
+
+    if low_memory and max_memory is not None:
+        raise ShanshuiError("--low-memory and --max-memory are alternatives; give one")
+    if not low_memory and max_memory is None:
+        return None
+    strategy, est = resolve(model if model is not None else default_model_dir(), low_memory, max_memory, height, width,
+                            n, guidance)
+    budget = f" of the {max_memory} budget" if max_memory else ""
+    typer.echo(f"memory: {strategy.name} (estimated peak {format_mb(est['peak_mb'])}{budget})", err=True)
+    return strategy
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What to paint, in Chinese or English."),
@@ -187,6 +210,8 @@ def generate(
                                               "or a rough sketch, PNG/JPEG), scaled and centre-cropped to the image size."),
     strength: Optional[float] = typer.Option(None, help="With --init-image: how much to repaint, in (0, 1] (default 0.6); "
                                              "low keeps the picture, high keeps only its layout."),
+    low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
 ):
     """Paint a prompt into a PNG (or repaint a picture with --init-image)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -202,8 +227,9 @@ def generate(
                   strength=0.6 if strength is None else strength)
     if output.suffix.lower() != ".png":
         raise ShanshuiError(f"output {output} must end in .png")
+    memory = memory_strategy(model, low_memory, max_memory, height, width, num_images, guidance != 1)
     pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
-                    precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
+                    precision=precision.value if precision else None, cuda_graphs=cuda_graphs, memory=memory)
     pipe.validate(req)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=None, transient=True) as progress:

@@ -45,6 +45,13 @@ def bench(
     load: Optional[Path] = typer.Option(None, help="Use this report instead of measuring (to --compare it, or re-render it with --out)."),
     cache: Optional[Path] = typer.Option(None, help="Where made models and exports are kept (default: ~/.cache/shanshui/bench)."),
     timeout: Optional[float] = typer.Option(None, help="Seconds one row may take before it is stopped and marked failed."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Also measure each ONNX Runtime CPU row in the "
+                                    "smallest-memory mode (`generate --low-memory`), compared with it."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Also measure each ONNX Runtime CPU row under "
+                                             "the strategy this budget picks (e.g. 1G), as `generate --max-memory`."),
+    memory_strategies: Optional[str] = typer.Option(None, "--memory-strategies", help="Also measure each ONNX Runtime "
+                                                    "CPU row under these named memory strategies (comma-separated: normal, "
+                                                    "lean, sequential, ...), to see each one's effect."),
 ):
     """Measure latency, memory and image quality per backend × precision, beside diffusers (and Optimum)."""
     from shanshui.bench.plan import Settings, parse_list, parse_sizes
@@ -59,6 +66,9 @@ def bench(
     if timeout is not None and timeout <= 0:
         raise ShanshuiError(f"--timeout must be positive, got {timeout}")
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
+    from shanshui.bench.lowmem import requests
+
+    memory = requests(low_memory, max_memory, memory_strategies)
     if load is not None:
         report = load_report(load)
         if out is not None:
@@ -77,7 +87,7 @@ def bench(
         config = BenchConfig(
             models=list(model or ["default"]), sizes=parse_sizes(size), backends=parse_list(backends, BenchBackend, "backend"),
             precisions=parse_list(precisions, BenchPrecision, "precision"), device=device.value,
-            peers=parse_list(peers, Peer, "peer"), settings=settings, cache=cache)
+            peers=parse_list(peers, Peer, "peer"), settings=settings, cache=cache, memory=memory)
         report = run_bench(config, warn=lambda s: typer.echo(f"warning: {s}", err=True), note=lambda s: typer.echo(s, err=True))
         for p in write_reports(report, out or Path("bench-report")):
             typer.echo(f"wrote {p}")

@@ -73,6 +73,9 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
         out += ["", f"Steadiness (probe baseline {s.get('probe_baseline_ms') or '—'} ms, a call is disturbed when the probe "
                     f"next to it is over {steady[0][1].get('tolerance', 1.5) if steady else 1.5}× that): "
                 + ("; ".join(rerun) if rerun else "no call was disturbed") + "."]
+    from shanshui.bench.lowmem import markdown as memory_table
+
+    out += memory_table(report)
     not_run = [r for r in report["rows"] if r["status"] != "ok"]
     if not_run:
         out += ["", "Not run:", ""]

@@ -94,11 +94,12 @@ class Row:
     precision: str
     status: str = "planned"  # planned | ok | failed | skipped
     reason: str | None = None
+    memory: str | None = None  # a low-memory request (see bench/lowmem.py); None: everything resident
 
     @property
     def id(self) -> str:
         label = self.backend if self.runner == "shanshui" else self.runner
-        return f"{self.model}@{self.size}/{label}-{self.device}-{self.precision}"
+        return f"{self.model}@{self.size}/{label}-{self.device}-{self.precision}" + (f"/mem:{self.memory}" if self.memory else "")
 
 
 def parse_list(text: str, enum_cls: type[enum.Enum], what: str) -> list[str]:

@@ -101,7 +101,8 @@ def _record(row, res: dict | None) -> dict:
     if not res:
         return rec
     rec.update({k: res.get(k) for k in ("pid", "pids", "rounds", "model_dir", "disk_bytes", "component_precisions", "memory_method",
-                                         "memory_note", "gpu_memory_method", "modules_loaded", "versions", "steadiness")
+                                         "memory_note", "gpu_memory_method", "modules_loaded", "versions", "steadiness",
+                                         "memory")
                 if k in res})
     if row.status != "ok":
         return rec
@@ -182,6 +183,9 @@ def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: d
             images[rec["id"]] = np.load(path)
     add_ratios(records)
     add_quality(records, images)
+    from shanshui.bench.lowmem import add_vs_normal
+
+    add_vs_normal(records, images)
     s = config.settings
     return _clean({
         "schema": SCHEMA,

@@ -38,6 +38,7 @@ class BenchConfig:
     cache: Path | None = None
     venv_root: Path | None = None
     venv_timeout_s: float = 1800
+    memory: list[str] = field(default_factory=list)  # low-memory requests: rows added beside onnxruntime/cpu rows
 
 
 def run_worker(spec: dict, workdir: Path, name: str, timeout_s: float | None = None, python: str | None = None,
@@ -154,6 +155,10 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
             optimum = optimum_venv(config.venv_root, create="optimum" in config.peers, timeout_s=config.venv_timeout_s,
                                    on_event=note)
         rows = plan_rows(refs, config.sizes, config.backends, config.precisions, config.device, peers, probe, optimum)
+        if config.memory:
+            from shanshui.bench.lowmem import add_rows
+
+            rows = add_rows(rows, config.memory)
         big = {ref.name for ref in refs if ref.arch == "sd15" or ref.resolution >= 512}
         if any(r.model in big and r.device == "cpu" and r.status == "planned" for r in rows):
             warn("sd15 on a CPU is slow (a 512 px U-Net step takes seconds to tens of seconds on 2 cores; its int8 "
@@ -293,6 +298,11 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
             "steps": s.steps, "guidance": s.guidance, "threads": s.threads, "warmup": s.warmup, "repeats": s.repeats,
             "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy"),
             "steady": s.steady, "settle_s": s.settle_s, "min_time_s": s.min_time_s, "probe_baseline_s": probe_baseline_s}
+    if row.memory:
+        from shanshui.bench.lowmem import resolve_row
+
+        meta["memory"] = resolve_row(row.memory, Path(model_dir), row.size, s.guidance)
+        spec["memory"] = meta["memory"]["strategy"]
     if row.runner == "optimum":
         spec["steady_module"] = str(STEADY_MODULE)  # loaded by path: that venv has no shanshui
         shapes, dims = _stage_inputs(model_dir, s.guidance, row.size, row.size)

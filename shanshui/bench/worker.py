@@ -129,6 +129,10 @@ def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     gpu = GpuPeak("torch" if backend == "torch" else "nvml") if dev == "cuda" else None
     mem.reset()
     kw = {"precision": spec["precision"]} if backend == "torch" and spec["precision"] != "fp32" else {}
+    if spec.get("memory"):
+        from shanshui.runtime.lowmem import BY_NAME
+
+        kw["memory"] = BY_NAME[spec["memory"]]
     pipe = Pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
     load_s = pipe.load_seconds
     load = {"load_s": load_s, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}

@@ -82,8 +82,8 @@ class Pipeline:
     """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
 
     def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool | None = None):
-        t0 = time.perf_counter()
+                 precision: str | None = None, cuda_graphs: bool | None = None, memory=None):
+        t0 = time.perf_counter()  # memory: a lowmem.Strategy (ONNX Runtime on the CPU), None: everything resident
         root = Path(model_dir) if model_dir is not None else default_model_dir()
         kind, engine_dir = _kind(root), None
         if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
@@ -106,7 +106,10 @@ class Pipeline:
                                 f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
         if cuda_graphs and backend == "onnxruntime":
             raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
-        self.root, self.backend = root, backend
+        if memory is not None and (kind != "onnx" or backend != "onnxruntime"):
+            raise ShanshuiError("--low-memory and --max-memory are for ONNX exports on --backend onnxruntime; "
+                                "run `shanshui export` on the model folder and pass the export")
+        self.root, self.backend, self.memory = root, backend, memory
         if kind == "onnx":
             from shanshui.export.manifest import open_exported
 
@@ -120,6 +123,10 @@ class Pipeline:
                 from shanshui.runtime.trt_backend import TrtComponents
 
                 self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+            elif memory is not None:
+                from shanshui.runtime.lowmem import LowMemComponents
+
+                self.components = LowMemComponents(exported, memory, device=device, threads=threads)
             else:
                 self.components = OrtComponents(exported, device=device, threads=threads)
         else:
@@ -145,6 +152,7 @@ class Pipeline:
         self.components, self.tokenizer, self.dims = components, tokenizer, dims
         self.scheduler = schedules.with_class_defaults(scheduler)
         self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
+        self.memory = None
         return self
 
     def validate(self, req: Request) -> tuple[int, int]:
@@ -203,6 +211,8 @@ class Pipeline:
         timings["total_s"] = time.perf_counter() - t0
         params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root),
                   "init_image": img2img.init_name(req.init_image)}
+        if getattr(self, "memory", None) is not None:
+            params["memory"] = self.memory.name
         if req.init_image is None:
             params.pop("strength")
         return Result(images=images, params=params, timings=timings, truncated=truncated[0])

@@ -1,0 +1,105 @@
+"""Low-memory rows of `shanshui bench`: each ONNX Runtime CPU row again under a memory strategy, compared with it.
+
+    --low-memory              + one row per onnxruntime/cpu row under runtime.lowmem.LOW_MEMORY
+    --max-memory 1G           + one row under the strategy that budget picks (per model and size; too small fails the row)
+    --memory-strategies a,b   + one row per named strategy (to measure each one's effect)
+
+A row's id gets `/mem:<request>`; its record gets `memory` (the strategy run, its settings and the estimate made
+before loading) and `vs_normal` (PSNR/SSIM of its image against the same row without a strategy: same model, size,
+precision, seed). Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from shanshui.errors import ShanshuiError
+
+LOW = "low"
+
+
+def requests(low_memory: bool, max_memory: str | None, strategies: str | None) -> list[str]:
+    """The memory requests of a run, checked before anything is measured: `low`, `budget:<size>`, strategy names."""
+    from shanshui.runtime.lowmem import BY_NAME, parse_budget
+
+    out = [LOW] if low_memory else []
+    if max_memory is not None:
+        parse_budget(max_memory)
+        out.append(f"budget:{max_memory}")
+    for name in [t.strip() for t in (strategies or "").split(",") if t.strip()]:
+        if name not in BY_NAME:
+            raise ShanshuiError(f"memory strategy {name!r} is not one of {', '.join(BY_NAME)}")
+        out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def add_rows(rows: list, memory: list[str]) -> list:
+    """After each planned onnxruntime/cpu row of shanshui, its copies under each memory request."""
+    out = []
+    for r in rows:
+        out.append(r)
+        if r.runner == "shanshui" and r.backend == "onnxruntime" and r.device == "cpu" and r.status == "planned":
+            out.extend(replace(r, memory=m) for m in memory)
+    return out
+
+
+def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
+    """The strategy a row runs and the estimate, before the worker loads anything."""
+    from shanshui.export.manifest import read_manifest
+    from shanshui.runtime.lowmem import BY_NAME, LOW_MEMORY, choose, footprint, parse_budget
+
+    manifest = read_manifest(export)
+    if manifest is None:
+        raise ShanshuiError(f"{export} is not a shanshui export")
+    cfg = dict(h=size, w=size, n=1, guidance=guidance != 1)
+    if request.startswith("budget:"):
+        strategy, est = choose(export, manifest, parse_budget(request.split(":", 1)[1]), **cfg)
+    else:
+        strategy = LOW_MEMORY if request == LOW else BY_NAME[request]
+        est = footprint(export, manifest, strategy, **cfg)
+    return {"request": request, "strategy": strategy.name, "settings": strategy.as_dict(),
+            "estimated_peak_mb": round(est["peak_mb"], 1),
+            "estimated_stages_mb": {k: round(v, 1) for k, v in est["stages_mb"].items()}}
+
+
+def add_vs_normal(records: list[dict], images: dict) -> None:
+    """PSNR/SSIM of each memory row's image against its row without a strategy (same everything else)."""
+    import math
+
+    from shanshui.metrics import psnr, ssim
+
+    for rec in records:
+        if not rec.get("memory") or rec["status"] != "ok" or rec["id"] not in images:
+            continue
+        base_id = rec["id"].rsplit("/mem:", 1)[0]
+        if base_id not in images or images[base_id].shape != images[rec["id"]].shape:
+            continue
+        a, b = images[rec["id"]], images[base_id]
+        p = psnr(a, b)
+        rec["vs_normal"] = {"reference": base_id, "psnr_db": None if math.isinf(p) else round(p, 2),
+                            "ssim": round(ssim(a, b), 4), "identical": math.isinf(p)}
+
+
+def markdown(report: dict) -> list[str]:
+    """A table of the memory rows beside their normal rows: peak RSS, estimate, stage peaks, time ratio, PSNR."""
+    rows = {r["id"]: r for r in report["rows"] if r["status"] == "ok"}
+    mem = [r for r in rows.values() if r.get("memory")]
+    if not mem:
+        return []
+    out = ["", "Low-memory rows (each against the same row with everything resident; stage peaks from direct calls):", "",
+           "| row | strategy | peak RSS MB (normal) | estimated MB | text enc / U-Net / VAE peak MB | gen s × normal "
+           "| PSNR dB vs normal |", "|---|---|---|---|---|---|---|"]
+    for r in mem:
+        base = rows.get(r["id"].rsplit("/mem:", 1)[0])
+        g, m, st = r["generation"], r["memory"], r.get("stages") or {}
+        peak = g.get("peak_rss_mb")
+        normal = (base or {}).get("generation", {}).get("peak_rss_mb")
+        ratio = (g.get("median_s") / base["generation"]["median_s"]) if base and base["generation"].get("median_s") else None
+        stages = " / ".join(f"{(st.get(k) or {}).get('peak_rss_mb') or 0:,.0f}" for k in ("text_encoder", "unet_step", "vae_decode"))
+        q = r.get("vs_normal") or {}
+        psnr = "identical" if q.get("identical") else (f"{q['psnr_db']:.1f}" if q.get("psnr_db") is not None else "—")
+        out.append(f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} ({normal:,.0f}) | {m['estimated_peak_mb']:,.0f} | "
+                   f"{stages} | {f'{ratio:.2f}×' if ratio else '—'} | {psnr} |" if normal else
+                   f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} (—) | {m['estimated_peak_mb']:,.0f} | {stages} | — | {psnr} |")
+    return out

@@ -1,0 +1,291 @@
+"""Low-memory generation on ONNX Runtime: strategies that trade a little speed for a smaller peak resident set.
+
+    lean        sessions without the CPU arena, memory patterns or weight prepacking; initializers from the device
+                allocator (so they are freed with the session); external weight files memory-mapped by ORT
+    sequential  load → run → free per component (text encoder, then U-Net, then VAE decoder): at most one resident
+    split       the guidance batch (uncond, cond) run as two U-Net calls of one image each: half the activations
+    tiled VAE   the VAE decoder over overlapping latent tiles, blended (see vae_tiling.py)
+
+STRATEGIES lists them from fastest to smallest; `--max-memory` picks the first whose estimated peak fits the budget
+(estimated from file sizes and shapes, before anything is loaded); `--low-memory` is the last one. Torch-free.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shanshui.errors import ShanshuiError
+from shanshui.runtime.backends import ORT_DTYPES, SPINNING, OrtComponents
+
+MIB = 2**20
+BASE_MB = 60.0  # the interpreter, NumPy, ONNX Runtime and the tokenizer, before any model (measured: 55 MB)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    lean: bool = False
+    sequential: bool = False
+    split_batch: bool = False
+    vae_tile: int | None = None  # latent pixels per tile side (× vae_scale in the image); None: one decode
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+STRATEGIES = (
+    Strategy("normal"),
+    Strategy("lean", lean=True),
+    Strategy("sequential", lean=True, sequential=True),
+    Strategy("sequential+split", lean=True, sequential=True, split_batch=True),
+    Strategy("sequential+split+vae-tiles-40", lean=True, sequential=True, split_batch=True, vae_tile=40),
+    Strategy("sequential+split+vae-tiles-24", lean=True, sequential=True, split_batch=True, vae_tile=24),
+)
+NORMAL, LOW_MEMORY = STRATEGIES[0], STRATEGIES[-1]
+BY_NAME = {s.name: s for s in STRATEGIES}
+
+
+def parse_budget(text: str) -> float:
+    """'1G', '1.5GB', '800M', '800MiB' → MiB (a bare number is MiB)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ShanshuiError(f"--max-memory {text!r} is not a size; write it like 1G, 1.5GB or 800M")
+    scale = {"k": 1 / 1024, "": 1.0, "m": 1.0, "g": 1024.0, "t": 1024.0**2}[m.group(2).lower()]
+    return float(m.group(1)) * scale
+
+
+def format_mb(mb: float) -> str:
+    return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+# ---- estimates, from the export's file sizes and configs (nothing loaded) -----------------------------------------
+
+def _config(root: Path, comp: str) -> dict:
+    try:
+        return json.loads((root / comp / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _weights_mb(root: Path, manifest: dict, comp: str) -> float:
+    entry = manifest["components"].get(comp, {})
+    files = entry.get("files") or {Path(entry.get("file", comp + "/model.onnx")).name: 0}
+    return sum((root / comp / f).stat().st_size for f in files if (root / comp / f).is_file()) / MIB
+
+
+def _unet_activations_mb(cfg: dict, h: int, w: int, batch: int) -> float:
+    """Live tensors at the U-Net's finest level (skips and ResNet temporaries) plus the first self-attention's
+    scores and softmax, (heads, T, T) float32 each, per image of the batch."""
+    chans = list(cfg.get("block_out_channels") or [320])
+    hw = h * w
+    conv = 12 * chans[0] * hw * 4
+    blocks = list(cfg.get("down_block_types") or ["CrossAttnDownBlock2D"])
+    level = next((i for i, b in enumerate(blocks) if "Attn" in b), None)
+    attn = 0.0
+    if level is not None:
+        heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim") or 8
+        heads = heads[level] if isinstance(heads, list) else heads
+        tokens = hw / 4**level
+        attn = 2 * heads * tokens**2 * 4
+    return batch * (conv + attn) / MIB
+
+
+def _vae_activations_mb(cfg: dict, h: int, w: int, batch: int) -> float:
+    """The decoder's last up block runs at full resolution on the upsampled output of the one before it."""
+    chans = list(cfg.get("block_out_channels") or [128, 256])
+    top = chans[1] if len(chans) > 1 else chans[0]
+    return batch * 6 * top * h * w * 4 / MIB  # 6: measured on the shipped model (ORT's conv buffers beside the tensors)
+
+
+def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n: int, guidance: bool = True) -> dict:
+    """Estimated peak resident MiB of one generation: per stage and overall."""
+    scale = int(manifest["dims"]["vae_scale"])
+    lh, lw = h // scale, w // scale
+    weights = {c: _weights_mb(root, manifest, c) for c in ("text_encoder", "unet", "vae_decoder")}
+    b2 = n * (2 if guidance else 1)
+    text_len = int(manifest["dims"]["text_len"])
+    acts = {
+        "text_encoder": b2 * text_len * int(manifest["dims"]["text_dim"]) * 4 * 8 / MIB,
+        "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2),
+        "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n)
+        * (_tile_fraction(lh, lw, strategy.vae_tile) if strategy.vae_tile else 1.0),
+    }
+    # normal sessions keep the parsed model and prepacked copies beside the initializers: about twice the weights
+    resident = {c: wmb * (1.0 if strategy.lean else 2.0) for c, wmb in weights.items()}
+    if strategy.sequential:
+        stages = {c: BASE_MB + resident[c] + acts[c] for c in acts}
+    else:
+        total = sum(resident.values())
+        stages = {c: BASE_MB + total + acts[c] for c in acts}
+    return {"peak_mb": max(stages.values()), "stages_mb": stages, "weights_mb": weights}
+
+
+def _tile_fraction(lh: int, lw: int, tile: int) -> float:
+    from shanshui.runtime.vae_tiling import tiling
+
+    return tiling(lh, tile, tile // 3)[0] / lh * tiling(lw, tile, tile // 3)[0] / lw
+
+
+def choose(root: Path, manifest: dict, budget_mb: float, h: int, w: int, n: int, guidance: bool = True) -> tuple[Strategy, dict]:
+    """The fastest strategy whose estimate fits; a one-line error naming the smallest budget that works otherwise."""
+    estimates = {s.name: footprint(root, manifest, s, h, w, n, guidance) for s in STRATEGIES}
+    for s in STRATEGIES:
+        if estimates[s.name]["peak_mb"] <= budget_mb:
+            return s, estimates[s.name]
+    need = estimates[LOW_MEMORY.name]["peak_mb"]
+    raise ShanshuiError(f"--max-memory {format_mb(budget_mb)} is too small for {w}x{h} px with this model: the "
+                        f"smallest strategy ({LOW_MEMORY.name}) needs about {format_mb(need)}; pass --max-memory "
+                        f"{_round_up(need)} or more, or a smaller --height/--width")
+
+
+def _round_up(mb: float) -> str:
+    return f"{int(-(-mb // 10) * 10)}M" if mb < 1024 else f"{-(-mb // 102.4) / 10:.1f}G"
+
+
+# ---- sessions ----------------------------------------------------------------------------------------------------
+
+def lean_options(opts) -> None:
+    """ONNX Runtime settings that trade a little speed for memory (each measured in docs/bench, see README)."""
+    opts.enable_cpu_mem_arena = False  # activations go back to the system after each call, not to a growing pool
+    opts.enable_mem_pattern = False  # no pre-planned block sized for the largest shapes seen
+    opts.add_session_config_entry("session.disable_prepacking", "1")  # no second, re-laid-out copy of the weights
+    opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")  # weights freed with the session
+
+
+def session_options(comp: str, threads: int | None, lean: bool):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+    if not SPINNING[comp]:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if lean:
+        lean_options(opts)
+        small_heap()
+    return opts
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 256 * 1024
+
+
+def small_heap() -> None:
+    """Blocks of 256 KiB and more straight from mmap, so a freed activation goes back to the system at once (glibc
+    otherwise raises this threshold to the largest block freed, up to 32 MiB, and keeps such blocks in its heap).
+    Measured on the shipped model at 256 px: 167 → 129 MB peak in the smallest mode. Process-wide; glibc only."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_memory() -> None:
+    """Collect garbage and hand glibc's free heap pages back to the system (where it is glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class LowMemComponents(OrtComponents):
+    """OrtComponents under a Strategy: sessions made on first use and, when sequential, at most one resident
+    (asking for another component frees the one loaded); the guidance batch split; the VAE decoded in tiles."""
+
+    def __init__(self, model, strategy: Strategy, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        if device == "cuda":
+            raise ShanshuiError("low-memory modes are for the CPU; drop --device cuda, or --low-memory/--max-memory")
+        self.model, self.strategy, self.threads = model, strategy, threads
+        self.providers, self.device = ["CPUExecutionProvider"], "cpu"
+        self._ort = ort
+        self.sessions: dict = {}
+        self.dtypes: dict = {}
+        self.loads = {c: 0 for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
+        self.has_encoder = "vae_encoder" in model.manifest["components"]
+        self.scalar_t = False
+        if not strategy.sequential:
+            for comp in ("text_encoder", "unet", "vae_decoder"):
+                self._session(comp)
+
+    def _session(self, comp: str):
+        if comp in self.sessions:
+            return self.sessions[comp]
+        if self.strategy.sequential:
+            self.free()
+        path = self.model.onnx_path(comp)
+        try:
+            sess = self._ort.InferenceSession(str(path), session_options(comp, self.threads, self.strategy.lean),
+                                              providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
+            raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
+        self.sessions[comp] = sess
+        self.loads[comp] += 1
+        self.dtypes.update({(comp, i.name): ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()})
+        if comp == "unet":
+            self.scalar_t = [len(i.shape) for i in sess.get_inputs() if i.name == "timestep"] == [0]
+        return sess
+
+    def free(self) -> None:
+        """Drop every loaded session and return the memory."""
+        if self.sessions:
+            self.sessions.clear()
+            release_memory()
+
+    def resident(self) -> list[str]:
+        return list(self.sessions)
+
+    def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
+        self._session("text_encoder")
+        return super().text_encoder(input_ids)
+
+    def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        self._session("unet")
+        if not self.strategy.split_batch or len(x) == 1:
+            return super().unet(x, t, cond)
+        outs = [super(LowMemComponents, self).unet(x[i:i + 1], t[i:i + 1], cond[i:i + 1]) for i in range(len(x))]
+        return np.concatenate(outs)  # (B2, C, h, w)
+
+    def vae_decoder(self, z: np.ndarray) -> np.ndarray:
+        self._session("vae_decoder")
+        decode = super().vae_decoder
+        if self.strategy.vae_tile is None:
+            return decode(z)
+        from shanshui.runtime.vae_tiling import decode_tiled
+
+        scale = int(self.model.manifest["dims"]["vae_scale"])
+        return np.concatenate([decode_tiled(decode, z[i:i + 1], scale, self.strategy.vae_tile) for i in range(len(z))])
+
+    def vae_encoder(self, image: np.ndarray) -> np.ndarray:
+        self._session("vae_encoder")
+        return super().vae_encoder(image)
+
+
+def resolve(root: Path, low_memory: bool, max_memory: str | None, h: int | None, w: int | None, n: int,
+            guidance: bool = True) -> tuple[Strategy | None, dict | None]:
+    """The strategy for --low-memory / --max-memory (None, None when neither is given); checked before loading."""
+    if not low_memory and max_memory is None:
+        return None, None
+    from shanshui.export.manifest import read_manifest
+
+    manifest = read_manifest(root) if root is not None and Path(root).is_dir() else None
+    if manifest is None:
+        raise ShanshuiError("--low-memory and --max-memory need an ONNX export made by `shanshui export` "
+                            "(the ONNX Runtime backend); run `shanshui export` on the model folder first")
+    h = h or int(manifest["shapes"]["height"])
+    w = w or int(manifest["shapes"]["width"])
+    if max_memory is None:
+        return LOW_MEMORY, footprint(Path(root), manifest, LOW_MEMORY, h, w, n, guidance)
+    budget = parse_budget(max_memory)
+    return choose(Path(root), manifest, budget, h, w, n, guidance)
