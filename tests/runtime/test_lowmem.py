@@ -1,0 +1,199 @@
+"""Low-memory modes on the shipped (tiny, int8) export: each strategy paints what the normal mode paints, a
+sequential session is really freed, tiled decoding matches the whole decode, too small a budget is refused."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shanshui.cli import app
+from shanshui.errors import ShanshuiError
+from shanshui.export.manifest import read_manifest
+from shanshui.metrics import psnr
+from shanshui.runtime import lowmem
+from shanshui.runtime.pipeline import Pipeline, Request, default_model_dir
+from shanshui.runtime.vae_tiling import decode_tiled, tiling
+
+PROMPT = "一棵青松，青山环绕，云雾缭绕"
+REQ = Request(PROMPT, steps=2, seed=5)
+TILED_PSNR_DB = 35.0  # tiled VAE vs one decode of the same latents (measured 38-39 dB here)
+
+
+@pytest.fixture(scope="module")
+def normal():
+    pipe = Pipeline(None, threads=2)
+    return pipe, pipe(REQ).images[0]
+
+
+@pytest.mark.parametrize("strategy", lowmem.STRATEGIES, ids=lambda s: s.name)
+def test_each_strategy_paints_the_normal_image(normal, strategy):
+    """Same seed: untiled strategies give the normal image to within rounding (≥ 50 dB); tiled ones ≥ 35 dB."""
+    pipe = Pipeline(None, threads=2, memory=strategy)
+    result = pipe(REQ)
+    got = result.images[0]
+    assert got.shape == normal[1].shape
+    assert psnr(got, normal[1]) >= (TILED_PSNR_DB if strategy.vae_tile and strategy.vae_tile < 32 else 50.0)
+    assert result.params["memory"] == strategy.name
+    if strategy.sequential:
+        assert pipe.components.resident() == ["vae_decoder"]  # the last stage's component only
+        assert pipe.components.loads == {"text_encoder": 1, "unet": 1, "vae_decoder": 1, "vae_encoder": 0}
+
+
+def test_sequential_keeps_one_component_resident():
+    pipe = Pipeline(None, threads=2, memory=lowmem.BY_NAME["sequential"])
+    comps = pipe.components
+    assert comps.resident() == []  # nothing is loaded before it is needed
+    ids, _ = pipe.tokenizer([PROMPT, ""])
+    cond = comps.text_encoder(ids)  # (2, L, D)
+    assert comps.resident() == ["text_encoder"]
+    x = np.zeros((2, 4, 16, 16), np.float32)
+    comps.unet(x, np.full(2, 500.0, np.float32), cond)
+    assert comps.resident() == ["unet"]
+    comps.free()
+    assert comps.resident() == []
+
+
+FREE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from shanshui.runtime import lowmem
+    from shanshui.runtime.pipeline import Pipeline
+
+    def rss():
+        return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+
+    pipe = Pipeline(None, threads=1, memory=lowmem.BY_NAME[sys.argv[1]])
+    comps = pipe.components
+    ids, _ = pipe.tokenizer(["a", ""])
+    cond = comps.text_encoder(ids)
+    comps.unet(np.zeros((2, 4, 32, 32), np.float32), np.full(2, 500.0, np.float32), cond)
+    with_unet = rss()
+    comps.text_encoder(ids)  # sequential: the U-Net is freed before the text encoder loads
+    print(json.dumps({"with_unet": with_unet, "after": rss()}))
+""")
+
+
+def _rss_pair(strategy: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", FREE_SCRIPT, strategy], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_freeing_a_component_returns_its_memory():
+    """In a fresh process: RSS with the U-Net resident, then after the text encoder replaced it. Sequential drops by
+    at least half the U-Net's file (18.8 MB int8); the lean mode with everything resident does not drop."""
+    unet_mb = (default_model_dir() / "unet" / "model.onnx").stat().st_size / 2**20
+    seq = _rss_pair("sequential")
+    assert seq["with_unet"] - seq["after"] >= 0.5 * unet_mb, seq
+    kept = _rss_pair("lean")
+    assert kept["with_unet"] - kept["after"] < 0.5 * unet_mb, kept
+
+
+@pytest.fixture(scope="module")
+def latents_and_decoder():
+    pipe = Pipeline(None, threads=2)
+    seen = {}
+    decode = pipe.components.vae_decoder
+
+    def keep(z):
+        seen["z"] = z
+        return decode(z)
+
+    pipe.components.vae_decoder = keep
+    pipe(Request(PROMPT, steps=4, seed=1))
+    return seen["z"], decode  # (1, 4, 32, 32) latents of a real painting, the untiled decoder
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.round((np.clip(x[0], -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+
+
+def test_tiled_decode_matches_untiled(latents_and_decoder):
+    z, decode = latents_and_decoder
+    whole = decode(z)
+    tiled = decode_tiled(decode, z, 8, 24)  # 2 × 2 tiles of 20 latent px, overlapping by 8
+    assert tiled.shape == whole.shape
+    assert psnr(_u8(tiled), _u8(whole)) >= TILED_PSNR_DB
+
+
+def test_blending_is_exact_for_a_local_decoder():
+    """A decoder that upsamples each latent pixel on its own (no context): tiles blend back to the exact image,
+    so every difference of the real VAE comes from its context (group norms, convolutions at tile edges)."""
+    z = np.random.default_rng(0).standard_normal((1, 4, 37, 29)).astype(np.float32)
+
+    def local(t):  # (1, 4, h, w) -> (1, 3, 8h, 8w)
+        return np.repeat(np.repeat(t[:, :3], 8, axis=2), 8, axis=3)
+
+    np.testing.assert_allclose(decode_tiled(local, z, 8, 16), local(z), atol=1e-5)
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(64, 24, 8), (64, 40, 13), (32, 24, 8), (37, 16, 5), (20, 24, 8)])
+def test_tiles_cover_with_overlap(size, tile, overlap):
+    side, starts = tiling(size, tile, overlap)
+    assert side <= tile and starts[0] == 0 and starts[-1] + side == size
+    assert all(b - a <= side - overlap for a, b in zip(starts, starts[1:]))  # neighbours overlap by ≥ overlap
+
+
+def test_budget_picks_the_fastest_strategy_that_fits():
+    root = default_model_dir()
+    m = read_manifest(root)
+    est = {s.name: lowmem.footprint(root, m, s, 256, 256, 1)["peak_mb"] for s in lowmem.STRATEGIES}
+    assert est["normal"] > est[lowmem.LOW_MEMORY.name]
+    assert lowmem.choose(root, m, 10_000, 256, 256, 1)[0] == lowmem.NORMAL
+    budget = est[lowmem.LOW_MEMORY.name] + 1
+    picked, e = lowmem.choose(root, m, budget, 256, 256, 1)
+    assert e["peak_mb"] <= budget
+    earlier = lowmem.STRATEGIES[:lowmem.STRATEGIES.index(picked)]
+    assert all(est[s.name] > budget for s in earlier)
+
+
+def test_too_small_a_budget_is_refused_before_loading(tmp_path, monkeypatch):
+    root = default_model_dir()
+    need = lowmem.footprint(root, read_manifest(root), lowmem.LOW_MEMORY, 256, 256, 1)["peak_mb"]
+    with pytest.raises(ShanshuiError, match="smallest strategy"):
+        lowmem.choose(root, read_manifest(root), need - 1, 256, 256, 1)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the budget was checked")
+
+    monkeypatch.setattr(Pipeline, "__init__", no_loading)
+    out = tmp_path / "x.png"
+    res = CliRunner().invoke(app, ["generate", PROMPT, "-o", str(out), "--max-memory", "20M"])
+    assert res.exit_code == 1
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("error: --max-memory 20 MB is too small") and "--max-memory" in line.split("pass")[1]
+    suggested = line.split("pass --max-memory ")[1].split()[0]
+    assert lowmem.parse_budget(suggested) >= need
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,mb", [("1G", 1024), ("1.5GB", 1536), ("800M", 800), ("800MiB", 800), ("512", 512)])
+def test_parse_budget(text, mb):
+    assert lowmem.parse_budget(text) == pytest.approx(mb)
+
+
+@pytest.mark.parametrize("bad", ["", "1x", "-1G", "0", "G"])
+def test_bad_budget_is_one_line(bad, tmp_path):
+    res = CliRunner().invoke(app, ["generate", PROMPT, "-o", str(tmp_path / "x.png"), "--max-memory", bad])
+    assert res.exit_code == 1 and res.output.strip().startswith("error: --max-memory")
+
+
+def test_low_memory_generate_prints_and_records_the_strategy(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "low.png"
+    res = CliRunner().invoke(app, ["generate", PROMPT, "-o", str(out), "--steps", "2", "--low-memory", "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    assert f"memory: {lowmem.LOW_MEMORY.name}" in res.output
+    meta = json.loads(Image.open(out).text["shanshui"])
+    assert meta["memory"] == lowmem.LOW_MEMORY.name
+
+
+def test_low_memory_needs_an_onnx_export(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}", encoding="utf-8")  # a diffusers folder: the torch backend
+    with pytest.raises(ShanshuiError, match="ONNX export"):
+        lowmem.resolve(tmp_path, True, None, None, None, 1)
