@@ -1,5 +1,6 @@
-"""The bench chart, drawn with Pillow (no matplotlib needed): per measured row, a bar for the generation median and
-one for the U-Net step median, each panel on its own linear scale, rows grouped by model and size."""
+"""The bench chart, drawn with Pillow (no matplotlib needed): per measured row, a bar for the generation median, one
+for the U-Net step median and one for the generation's peak RSS, each panel on its own linear scale, rows grouped by
+model and size (low-memory rows in a lighter shade)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"onnxruntime": (52, 101, 164), "torch": (204, 102, 0), "tensorrt": (78, 154, 6), "diffusers": (117, 80, 123),
           "optimum": (193, 125, 17)}
-W, ROW_H, TOP, LABEL_W, PANEL_W, GAP = 1200, 26, 70, 360, 360, 40
+W, ROW_H, TOP, LABEL_W, PANEL_W, GAP = 1480, 26, 70, 430, 310, 40
 
 
 def _font(size: int):
@@ -27,25 +28,30 @@ def draw_chart(report: dict) -> Image.Image:
     env, s = report["environment"], report["settings"]
     d.text((12, 10), f"shanshui bench: {s['steps']} steps, {env.get('threads') or 'default'} thread{'' if env.get('threads') == 1 else 's'}, "
                      f"{env.get('cpu')}" + (f", {env['gpu']}" if env.get("gpu") else ""), fill="black", font=fb)
-    x_gen, x_unet = LABEL_W, LABEL_W + PANEL_W + GAP
+    x_gen, x_unet, x_mem = LABEL_W, LABEL_W + PANEL_W + GAP, LABEL_W + 2 * (PANEL_W + GAP)
     d.text((x_gen, TOP - 26), "generation, median (s)", fill="black", font=f)
     d.text((x_unet, TOP - 26), "U-Net step (direct call), median (ms)", fill="black", font=f)
+    d.text((x_mem, TOP - 26), "peak RSS of the generation (MB)", fill="black", font=f)
     if not rows:
         d.text((12, TOP + 10), "no row was measured", fill="black", font=f)
         return img
     gens = [r["generation"].get("median_s") or 0.0 for r in rows]
     unets = [((r["stages"] or {}).get("unet_step") or {}).get("median_s") or 0.0 for r in rows]
-    gmax, umax = max(gens) or 1.0, max(unets) or 1.0
+    mems = [r["generation"].get("peak_rss_mb") or 0.0 for r in rows]
+    gmax, umax, mmax = max(gens) or 1.0, max(unets) or 1.0, max(mems) or 1.0
     y, group = TOP, None
-    for r, g, u in zip(rows, gens, unets):
+    for r, g, u, m in zip(rows, gens, unets, mems):
         if (r["model"], r["size"]) != group:
             group = (r["model"], r["size"])
             d.text((12, y + 4), f"{r['model']} @ {r['size']} px", fill="black", font=fb)
             y += ROW_H
         label = r["id"].split("/", 1)[1]
         color = COLORS.get(r["runner"] if r["runner"] != "shanshui" else r["backend"], (120, 120, 120))
+        if r.get("memory"):
+            color = tuple(c + (255 - c) // 2 for c in color)
         d.text((24, y + 5), label, fill="black", font=f)
-        for x0, v, vmax, text in ((x_gen, g, gmax, f"{g:.2f}"), (x_unet, u, umax, f"{1000 * u:.0f}")):
+        for x0, v, vmax, text in ((x_gen, g, gmax, f"{g:.2f}"), (x_unet, u, umax, f"{1000 * u:.0f}"),
+                                  (x_mem, m, mmax, f"{m:,.0f}")):
             length = max(1, int((PANEL_W - 60) * v / vmax))
             d.rectangle([x0, y + 4, x0 + length, y + ROW_H - 4], fill=color)
             d.text((x0 + length + 6, y + 6), text, fill="black", font=fs)
