@@ -69,7 +69,7 @@ def test_markdown_png_and_json_are_written(tmp_path):
     assert "| row | load s |" in md and "`tiny@256/onnxruntime-cpu-int8`" in md and "4.00×" in md
     assert "`tiny@256/tensorrt-cuda-*` (skipped): no CUDA GPU is visible here" in md and "![latency chart](r.png)" in md
     with Image.open(paths[2]) as img:
-        assert img.format == "PNG" and img.size[0] == 1200 and img.size[1] > 150
+        assert img.format == "PNG" and img.size[0] == 1480 and img.size[1] > 150  # three panels: time, U-Net step, peak RSS
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
