@@ -80,16 +80,17 @@ def _weights_mb(root: Path, manifest: dict, comp: str) -> float:
     return sum((root / comp / f).stat().st_size for f in files if (root / comp / f).is_file()) / MIB
 
 
-def _unet_activations_mb(cfg: dict, h: int, w: int, batch: int) -> float:
+def _unet_activations_mb(cfg: dict, h: int, w: int, batch: int, fused: bool = False) -> float:
     """Live tensors at the U-Net's finest level (skips and ResNet temporaries) plus the first self-attention's
-    scores and softmax, (heads, T, T) float32 each, per image of the batch."""
+    scores and softmax, (heads, T, T) float32 each, per image of the batch (none where the export's attention is
+    fused into MultiHeadAttention, see shanshui/export/attention.py)."""
     chans = list(cfg.get("block_out_channels") or [320])
     hw = h * w
     conv = 12 * chans[0] * hw * 4
     blocks = list(cfg.get("down_block_types") or ["CrossAttnDownBlock2D"])
     level = next((i for i, b in enumerate(blocks) if "Attn" in b), None)
     attn = 0.0
-    if level is not None:
+    if level is not None and not fused:
         heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim") or 8
         heads = heads[level] if isinstance(heads, list) else heads
         tokens = hw / 4**level
@@ -113,7 +114,8 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
     text_len = int(manifest["dims"]["text_len"])
     acts = {
         "text_encoder": b2 * text_len * int(manifest["dims"]["text_dim"]) * 4 * 8 / MIB,
-        "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2),
+        "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2,
+                                     fused=bool(manifest["components"]["unet"].get("attention"))),
         "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n)
         * (_tile_fraction(lh, lw, strategy.vae_tile) if strategy.vae_tile else 1.0),
     }
