@@ -1,6 +1,6 @@
 """Low-memory rows of `shanshui bench`: each ONNX Runtime CPU row again under a memory strategy, compared with it.
 
-    --low-memory              + one row per onnxruntime/cpu row under runtime.lowmem.LOW_MEMORY
+    --low-memory              + one row per onnxruntime/cpu row under the smallest strategy the export allows
     --max-memory 1G           + one row under the strategy that budget picks (per model and size; too small fails the row)
     --memory-strategies a,b   + one row per named strategy (to measure each one's effect)
 
@@ -47,7 +47,7 @@ def add_rows(rows: list, memory: list[str]) -> list:
 def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
     """The strategy a row runs and the estimate, before the worker loads anything."""
     from shanshui.export.manifest import read_manifest
-    from shanshui.runtime.lowmem import BY_NAME, LOW_MEMORY, choose, footprint, parse_budget
+    from shanshui.runtime.lowmem import BY_NAME, choose, footprint, parse_budget, smallest, usable
 
     manifest = read_manifest(export)
     if manifest is None:
@@ -56,7 +56,9 @@ def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
     if request.startswith("budget:"):
         strategy, est = choose(export, manifest, parse_budget(request.split(":", 1)[1]), **cfg)
     else:
-        strategy = LOW_MEMORY if request == LOW else BY_NAME[request]
+        strategy = smallest(manifest) if request == LOW else BY_NAME[request]
+        if not usable(strategy, manifest):
+            raise ShanshuiError(f"{strategy.name} needs an export whose U-Net is cut into parts (shanshui.export.split)")
         est = footprint(export, manifest, strategy, **cfg)
     return {"request": request, "strategy": strategy.name, "settings": strategy.as_dict(),
             "estimated_peak_mb": round(est["peak_mb"], 1),

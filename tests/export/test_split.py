@@ -1,0 +1,53 @@
+"""A U-Net cut into parts for streaming: the parts chain back to the whole graph, and the streamed strategy paints
+the image the whole U-Net paints, with at most one part resident."""
+
+import numpy as np
+import pytest
+
+from shanshui.errors import ShanshuiError
+from shanshui.export.split import split_export
+from shanshui.metrics import psnr
+from shanshui.runtime import lowmem
+from shanshui.runtime.pipeline import Pipeline, Request, default_model_dir
+
+
+@pytest.fixture(scope="module")
+def split(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("split") / "tiny-4"
+    return out, split_export(tiny_export, out, 4)
+
+
+def test_parts_chain_and_share_the_weights(split):
+    parts = split[1]["components"]["unet"]["parts"]
+    assert len(parts) == 4
+    made = {"sample", "timestep", "encoder_hidden_states"}
+    for p in parts:  # every input of a part is a U-Net input or an output of an earlier part
+        assert set(p["inputs"]) <= made, set(p["inputs"]) - made
+        made |= set(p["outputs"])
+    assert parts[-1]["outputs"] == ["out_sample"]
+    sizes = [p["weight_bytes"] for p in parts]
+    assert max(sizes) < 0.5 * sum(sizes)  # about equal shares, not one part holding everything
+
+
+def test_streamed_paints_the_whole_unets_image(split, tiny_export):
+    """fp32: the same kernels on the same weights, cut apart (measured identical); ≥ 50 dB stated."""
+    req = Request("一棵青松，青山环绕", steps=2, seed=6)
+    whole = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["sequential+split+vae-tiles-24"])(req).images[0]
+    pipe = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["streamed"])
+    streamed = pipe(req)
+    assert psnr(streamed.images[0], whole) >= 50.0
+    assert streamed.params["memory"] == "streamed" and pipe.components.resident() == ["vae_decoder"]
+
+
+def test_low_memory_picks_streamed_only_where_there_are_parts(split):
+    assert lowmem.smallest(split[1]).name == "streamed"
+    from shanshui.export.manifest import read_manifest
+
+    assert lowmem.smallest(read_manifest(default_model_dir())) == lowmem.LOW_MEMORY
+    with pytest.raises(ShanshuiError, match="cut into parts"):
+        Pipeline(None, memory=lowmem.BY_NAME["streamed"])
+
+
+def test_bad_part_counts_are_refused(tiny_export, tmp_path):
+    with pytest.raises(ShanshuiError, match="between 2 and 64"):
+        split_export(tiny_export, tmp_path / "x", 1)
