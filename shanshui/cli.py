@@ -14,6 +14,7 @@ from shanshui.bench.commands import bench
 from shanshui.data.commands import app as data_app
 from shanshui.engines.commands import app as engine_app
 from shanshui.errors import ShanshuiError
+from shanshui.export.lowmem_command import lowmem
 from shanshui.export.onnx_export import Precision
 from shanshui.runtime.backends import Backend, Device, TorchPrecision
 from shanshui.runtime.samplers import Sampler
@@ -69,6 +70,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(engine_app, name="engine")
 app.command()(bench)
 app.command()(serve)
+app.command()(lowmem)
 
 
 class Int8Target(str, enum.Enum):

@@ -51,3 +51,22 @@ def test_low_memory_picks_streamed_only_where_there_are_parts(split):
 def test_bad_part_counts_are_refused(tiny_export, tmp_path):
     with pytest.raises(ShanshuiError, match="between 2 and 64"):
         split_export(tiny_export, tmp_path / "x", 1)
+
+
+def test_lowmem_command_fuses_and_cuts(tiny_export, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from shanshui.cli import app
+
+    out = tmp_path / "low"
+    res = CliRunner().invoke(app, ["lowmem", str(tiny_export), str(out), "--parts", "3"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "shanshui_manifest.json").read_text(encoding="utf-8"))
+    assert m["components"]["unet"]["attention"]["fused"] == 22 and len(m["components"]["unet"]["parts"]) == 3
+    assert not list(tmp_path.glob(".*"))  # no staging folder left behind
+    again = CliRunner().invoke(app, ["lowmem", str(tiny_export), str(out)])
+    assert again.exit_code == 1 and "already exists" in again.output
+    shipped = CliRunner().invoke(app, ["lowmem", str(default_model_dir()), str(tmp_path / "int8")])
+    assert shipped.exit_code == 1 and "--no-fuse-attention" in shipped.output and not (tmp_path / "int8").exists()

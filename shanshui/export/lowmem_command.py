@@ -1,0 +1,52 @@
+"""`shanshui lowmem`: make an export's low-memory form: fused attention, and the U-Net cut into parts to stream."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from shanshui.errors import ShanshuiError
+
+
+def lowmem(
+    export_dir: Path = typer.Argument(..., help="An export folder (from `shanshui export`, fp32 for streaming)."),
+    out_dir: Path = typer.Argument(..., help="New folder for the low-memory export (files hard-linked where possible)."),
+    fuse_attention: bool = typer.Option(True, "--fuse-attention/--no-fuse-attention", help="Each U-Net attention as one "
+                                        "MultiHeadAttention (ONNX Runtime's blocked CPU kernel: no score tensor)."),
+    parts: int = typer.Option(8, help="Cut the U-Net into this many parts for `generate --low-memory` to stream "
+                                      "(load, run, free each part every step); 0 keeps it whole."),
+):
+    """Make a low-memory export: fused attention and a U-Net cut into parts, for `generate --low-memory`."""
+    from shanshui.export.attention import fuse_export
+    from shanshui.export.manifest import open_exported
+    from shanshui.export.split import split_export
+
+    exported = open_exported(export_dir)  # a bad folder fails before anything is written
+    if fuse_attention and exported.manifest.get("precision") == "int8":
+        # the int8 U-Net quantizes its attention products; fused, they are computed in float, and the shipped model's
+        # image moved to 30 dB from its int8 self: not the same model any more
+        raise ShanshuiError("attention fusion is for fp32/fp16 exports (it drops the int8 attention products); "
+                            "pass --no-fuse-attention to only cut an int8 U-Net into parts")
+    if out_dir.exists():
+        raise ShanshuiError(f"{out_dir} already exists; choose a new folder")
+    if parts != 0 and not 2 <= parts <= 64:
+        raise ShanshuiError(f"--parts must be 0 (whole) or between 2 and 64, got {parts}")
+    if not fuse_attention and parts == 0:
+        raise ShanshuiError("nothing to do: give --fuse-attention or --parts")
+    stage = out_dir.with_name(f".{out_dir.name}.fused")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        src = export_dir
+        if fuse_attention:
+            m = fuse_export(export_dir, stage if parts else out_dir, check_size=None)
+            typer.echo(f"  fused {m['components']['unet']['attention']['fused']} attentions", err=True)
+            src = stage
+        if parts:
+            m = split_export(src, out_dir, parts)
+            sizes = [p["weight_bytes"] / 2**20 for p in m["components"]["unet"]["parts"]]
+            typer.echo(f"  U-Net in {len(sizes)} parts of {min(sizes):.0f}–{max(sizes):.0f} MB", err=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    typer.echo(f"wrote {out_dir}")
