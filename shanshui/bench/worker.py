@@ -60,7 +60,10 @@ def _measure_stages(calls: dict, spec: dict, mem: PeakRss, gpu: GpuPeak | None, 
     TensorRT and CUDA torch runners do)."""
     out = {}
     gpu_ms = getattr(components, "timings", None)
+    sequential = getattr(getattr(components, "strategy", None), "sequential", False)
     for name, (call, shapes) in calls.items():
+        if sequential:  # low-memory: the stage before is freed, as in a generation, before this one's peak is taken
+            components.free()
         mem.reset()
         if gpu:
             gpu.reset()
