@@ -32,7 +32,7 @@ def test_parts_chain_and_share_the_weights(split):
 def test_streamed_paints_the_whole_unets_image(split, tiny_export):
     """fp32: the same kernels on the same weights, cut apart (measured identical); ≥ 50 dB stated."""
     req = Request("一棵青松，青山环绕", steps=2, seed=6)
-    whole = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["sequential+split+vae-tiles-24"])(req).images[0]
+    whole = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["sequential+split+tiled-vae"])(req).images[0]
     pipe = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["streamed"])
     streamed = pipe(req)
     assert psnr(streamed.images[0], whole) >= 50.0

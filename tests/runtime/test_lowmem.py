@@ -36,7 +36,7 @@ def test_each_strategy_paints_the_normal_image(normal, strategy):
     result = pipe(REQ)
     got = result.images[0]
     assert got.shape == normal[1].shape
-    assert psnr(got, normal[1]) >= (TILED_PSNR_DB if strategy.vae_tile and strategy.vae_tile < 32 else 50.0)
+    assert psnr(got, normal[1]) >= (TILED_PSNR_DB if strategy.vae_tile else 50.0)
     assert result.params["memory"] == strategy.name
     if strategy.sequential:
         assert pipe.components.resident() == ["vae_decoder"]  # the last stage's component only
@@ -115,7 +115,7 @@ def _u8(x: np.ndarray) -> np.ndarray:
 def test_tiled_decode_matches_untiled(latents_and_decoder):
     z, decode = latents_and_decoder
     whole = decode(z)
-    tiled = decode_tiled(decode, z, 8, 24)  # 2 × 2 tiles of 20 latent px, overlapping by 8
+    tiled = decode_tiled(decode, z, 8, lowmem.tile_side(lowmem.VAE_TILE, 32, 32))  # 2 × 2 tiles of 20 latent px
     assert tiled.shape == whole.shape
     assert psnr(_u8(tiled), _u8(whole)) >= TILED_PSNR_DB
 
@@ -141,13 +141,15 @@ def test_tiles_cover_with_overlap(size, tile, overlap):
 def test_budget_picks_the_fastest_strategy_that_fits():
     root = default_model_dir()
     m = read_manifest(root)
-    est = {s.name: lowmem.footprint(root, m, s, 256, 256, 1)["peak_mb"] for s in lowmem.STRATEGIES}
+    ladder = [s for s in lowmem.STRATEGIES if lowmem.usable(s, m)]  # streamed needs a U-Net cut into parts
+    assert [s.name for s in ladder] == [s.name for s in lowmem.STRATEGIES[:-1]]
+    est = {s.name: lowmem.footprint(root, m, s, 256, 256, 1)["peak_mb"] for s in ladder}
     assert est["normal"] > est[lowmem.LOW_MEMORY.name]
     assert lowmem.choose(root, m, 10_000, 256, 256, 1)[0] == lowmem.NORMAL
     budget = est[lowmem.LOW_MEMORY.name] + 1
     picked, e = lowmem.choose(root, m, budget, 256, 256, 1)
     assert e["peak_mb"] <= budget
-    earlier = lowmem.STRATEGIES[:lowmem.STRATEGIES.index(picked)]
+    earlier = ladder[:ladder.index(picked)]
     assert all(est[s.name] > budget for s in earlier)
 
 
