@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from shanshui.runtime.pipeline import Pipeline
-    from shanshui.train.evaluate import prompt_swap, train_classifier
+    from shanshui.eval.evaluate import prompt_swap, train_classifier
     from shanshui.train.unet import UnetConfig, train_unet
 
     out = args.root / args.name

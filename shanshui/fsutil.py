@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes: nothing half-written ever looks complete."""
+"""Atomic file writes, strict JSON reads and content hashes: nothing half-written ever looks complete."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from shanshui.errors import ShanshuiError
 
 
 @contextlib.contextmanager
@@ -52,3 +54,20 @@ def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShanshuiError(f"missing {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShanshuiError(f"{path} is not valid JSON ({e.__class__.__name__}); re-create the model folder") from None
+
+
+def make_out_dir(out: Path) -> None:
+    """Create an output folder, or say in one line why it cannot be."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None

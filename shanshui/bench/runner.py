@@ -19,6 +19,11 @@ from typing import Callable
 
 from shanshui.bench.plan import ModelRef, Row, Settings, plan_rows, resolve_models
 from shanshui.errors import ShanshuiError
+from shanshui.bench import prepare, report
+from shanshui.bench.report import cpu_info
+from shanshui.bench.steady import remembered_baseline
+from shanshui.bench.venv import optimum_venv
+from shanshui.spec.contract import ModelDims, components
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
 OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
@@ -113,7 +118,6 @@ class Display:
 
 def _stage_inputs(export: Path, guidance: float, h: int, w: int) -> tuple[dict, dict]:
     """Input shapes of each stage (from the export's manifest and the contract) for the Optimum worker, and dims."""
-    from shanshui.export.contract import ModelDims, components
 
     m = json.loads((export / "shanshui_manifest.json").read_text(encoding="utf-8"))
     dims = ModelDims(**m["dims"])
@@ -127,8 +131,6 @@ def _stage_inputs(export: Path, guidance: float, h: int, w: int) -> tuple[dict, 
 def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], None] = lambda s: None,
               note: Callable[[str], None] = lambda s: None) -> dict:
     """Measure every planned row; returns the report (see report.build_report). `warn`/`note`: messages to show."""
-    from shanshui.bench import prepare, report
-    from shanshui.bench.venv import optimum_venv
 
     s = config.settings
     cache = Path(config.cache or prepare.default_cache())
@@ -143,8 +145,6 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers), "threads": s.threads,
                             "steady": s.steady}, workdir, "probe")
         if s.steady and probe.get("ok"):
-            from shanshui.bench.report import cpu_info
-            from shanshui.bench.steady import remembered_baseline
 
             key = f"{cpu_info()[0]}|{os.cpu_count()} cores|{s.threads} threads"
             probe["probe_baseline_measured_s"] = probe.get("probe_baseline_s")
@@ -268,7 +268,6 @@ def _loadavg() -> float | None:
 def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, i: int, sizes: list[int],
               log: Callable[[str], None], probe_baseline_s: float | None = None) -> tuple[dict, dict]:
     """The worker spec of a row (making its model and export first when needed), and facts for the report."""
-    from shanshui.bench import prepare
 
     def run_task(spec: dict) -> dict:  # model making and exports run in worker processes too
         return run_worker({**spec, "threads": s.threads}, workdir, f"prep{i}-{spec['task']}")

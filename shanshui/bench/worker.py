@@ -22,6 +22,15 @@ import numpy as np
 
 from shanshui.bench.memory import GpuPeak, PeakRss, rss_mb
 from shanshui.bench.steady import Guard, measure_baseline
+from shanshui.engines.build import build_engines
+from shanshui.errors import ShanshuiError
+from shanshui.quantize.convert import export_at
+from shanshui.hf import quiet_hf
+from shanshui.runtime.backends import TorchComponents
+from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.spec.contract import components as specs_for
+from shanshui.spec.source import open_source
+from shanshui.train.arch import init_model
 
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt")
 
@@ -36,7 +45,6 @@ def _sync(device: str) -> None:
 
 def _stage_calls(components, dims, h: int, w: int, b2: int) -> dict:
     """Fixed inputs from the component contract and the call that runs each stage on them."""
-    from shanshui.export.contract import components as specs_for
 
     specs = specs_for(dims)
     values = {"B2": b2, "B": 1, "H": h, "W": w, "h": h // dims.vae_scale, "w": w // dims.vae_scale}
@@ -123,7 +131,6 @@ def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None, guard:
 
 def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     """A row through shanshui's own Pipeline (onnxruntime, torch or tensorrt backend)."""
-    from shanshui.runtime.pipeline import Pipeline, Request
 
     dev, backend = spec["device"], spec["backend"]
     gpu = GpuPeak("torch" if backend == "torch" else "nvml") if dev == "cuda" else None
@@ -156,10 +163,6 @@ def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     t0 = time.perf_counter()
     import diffusers
     import torch
-
-    from shanshui.export.onnx_export import quiet_hf
-    from shanshui.export.source import open_source
-    from shanshui.runtime.backends import TorchComponents
 
     quiet_hf()
     dev = spec["device"]
@@ -256,15 +259,11 @@ def row_guard(spec: dict) -> Guard:
 
 
 def init_model_task(spec: dict) -> dict:
-    from shanshui.train.arch import init_model
-
     return {"summary": init_model(spec["arch"], Path(spec["out"]), seed=spec.get("seed", 0))}
 
 
 def export_task(spec: dict) -> dict:
-    from shanshui.export.onnx_export import export_model
-
-    m = export_model(Path(spec["model_dir"]), Path(spec["out"]), precision=spec["precision"], height=spec["height"],
+    m = export_at(Path(spec["model_dir"]), Path(spec["out"]), precision=spec["precision"], height=spec["height"],
                      width=spec["width"], max_batch=spec.get("max_batch", 1), check=spec.get("check", False))
     return {"precision": m["precision"], "files_bytes": m.get("files_bytes", {}),
             "quantization": {k: v.get("precision") for k, v in m.get("quantization", {}).items()}}
@@ -272,7 +271,6 @@ def export_task(spec: dict) -> dict:
 
 def engines_task(spec: dict) -> dict:
     """TensorRT engines for an export (EXPORT/engines), static buckets of one image per benchmarked size."""
-    from shanshui.engines.build import build_engines
 
     m = build_engines(Path(spec["export_dir"]), None, precision=spec["precision"], shapes=spec["shapes"])
     return {"engines": m["out_dir"], "bytes": {c: e.get("bytes") for c, e in m.get("components", {}).items()}}
@@ -299,7 +297,6 @@ def main() -> int:
             result.update(TASKS[spec["task"]](spec))
         result["ok"] = True
     except BaseException as e:  # noqa: BLE001  (every failure becomes the row's one-line reason)
-        from shanshui.errors import ShanshuiError
 
         msg = str(e) if isinstance(e, ShanshuiError) else f"{type(e).__name__}: {e}"
         result.update(ok=False, error=" ".join(msg.split())[:500] or type(e).__name__)

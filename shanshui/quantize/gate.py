@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.eval.evaluate import cached_classifier, predict, thumbnails
+from shanshui.metrics import psnr, snr_db, ssim
+from shanshui.runtime.pipeline import Pipeline, Request
 
 # Floors per precision; raise them when models allow, never lower them silently.
 FLOORS = {"fp16": {"psnr_db": 35.0}, "int8": {"psnr_db": 25.0, "ssim": 0.85}}
@@ -35,16 +38,9 @@ class _Recorder:
         return out
 
 
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    err = float(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
-    return float("inf") if err == 0 else 10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / err)
-
-
 def check_quality(reference: Path, candidate: Path, precision: str, prompts=None, seeds=None,
                   steps: int = 10, threads: int | None = None) -> dict:
     """Compare two exports image by image (GATE_PROMPTS × GATE_SEEDS by default); returns the report with `passed`."""
-    from shanshui.metrics import psnr, ssim
-    from shanshui.runtime.pipeline import Pipeline, Request
 
     prompts, seeds = prompts or GATE_PROMPTS, seeds or GATE_SEEDS
     ref_pipe = Pipeline(reference, threads=threads)
@@ -81,8 +77,6 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
 
 def _img2img_images(ref_pipe, cand_pipe, inits, prompt: str, seeds, steps: int, strength: float = 0.6) -> list[dict]:
     """Image-to-image rows of the gate (when both exports have a VAE encoder): fp32's first paintings repainted."""
-    from shanshui.metrics import psnr, ssim
-    from shanshui.runtime.pipeline import Request
 
     if not (getattr(ref_pipe.components, "has_encoder", False) and getattr(cand_pipe.components, "has_encoder", False)):
         return []
@@ -99,7 +93,6 @@ def attribute_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """How often `shanshui eval`'s attribute classifier reads the same attributes in the candidate's image as in
     fp32's (reported, not a floor). Uses the classifier only if `shanshui eval` trained it on this machine."""
     try:
-        from shanshui.train.evaluate import cached_classifier, predict, thumbnails
 
         net = cached_classifier()
     except ImportError:  # no torch

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.metrics import psnr, snr_db, to_uint8
+from shanshui.onnxrt import ort_session
+from shanshui.quantize.sensitivity import isolated_layer_snr
+from shanshui.runtime.pipeline import Pipeline, Request
 
 MIN_LAYER_SNR_DB = 25.0  # a layer whose own int8 output SNR is below this stays float (typical layers: 35-45 dB)
 ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj")  # name fragments of float layers
@@ -57,7 +61,6 @@ def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None =
                  size: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
     U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
-    from shanshui.runtime.pipeline import Pipeline, Request
 
     pipe = Pipeline(export, threads=threads)
     feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": [], "vae_encoder": []}
@@ -183,8 +186,6 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
     """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float."""
     import onnx
 
-    from shanshui.quantize.sensitivity import isolated_layer_snr
-
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError as e:
@@ -204,31 +205,16 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
             "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr, "snr_measure": "isolated (one layer in int8)"}
 
 
-def quantize_unet_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = MIN_LAYER_SNR_DB,
-                       probe_feeds: int = 4) -> dict:
-    """The U-Net: conv_in, conv_out and the time embedding stay float by rule, the rest by measurement."""
-    return quantize_int8(src, dst, feeds, fmt, min_layer_snr_db, probe_feeds, ALWAYS_FLOAT)
-
-
 def output_quality(ref_path: Path, got_path: Path, feeds, output: str, images: bool) -> float:
     """Worst, over `feeds`, of the candidate's output quality against fp32: image PSNR (images=True, outputs in
     [-1, 1]) or SNR in dB."""
-    import onnxruntime as ort
-
-    from shanshui.metrics import psnr
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    ref = ort.InferenceSession(str(ref_path), opts, providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(str(got_path), opts, providers=["CPUExecutionProvider"])
+    ref, got = ort_session(ref_path), ort_session(got_path)
     worst = float("inf")
     for feed in feeds:
         a, b = ref.run([output], feed)[0], got.run([output], feed)[0]
         if images:
-            to_u8 = lambda v: np.round((np.clip(v, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)  # noqa: E731
-            q = min(psnr(x, y) for x, y in zip(to_u8(a), to_u8(b)))
+            q = min(psnr(x, y) for x, y in zip(to_uint8(a), to_uint8(b)))
         else:
-            err = float(np.sum((a.astype(np.float64) - b) ** 2))
-            q = float("inf") if err == 0 else 10 * np.log10(float(np.sum(a.astype(np.float64) ** 2)) / err)
+            q = snr_db(a, b)
         worst = min(worst, q)
     return round(float(worst), 2)

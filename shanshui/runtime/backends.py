@@ -10,12 +10,16 @@
 from __future__ import annotations
 
 import enum
-import os
 from pathlib import Path
 
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import read_json
+from shanshui.hf import quiet_hf
+from shanshui.spec.contract import TorchPrecision, check_choice
+from shanshui.runtime import torch_cuda
+from shanshui.weights import load_strict
 
 
 class Backend(str, enum.Enum):
@@ -23,13 +27,6 @@ class Backend(str, enum.Enum):
     onnxruntime = "onnxruntime"
     torch = "torch"
     tensorrt = "tensorrt"
-
-
-class TorchPrecision(str, enum.Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8 = "int8"
 
 
 class Device(str, enum.Enum):
@@ -139,9 +136,6 @@ class TorchComponents:
             import transformers
         except ImportError as e:
             raise ShanshuiError(f"the torch backend needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
-        from shanshui.export.onnx_export import quiet_hf
-        from shanshui.export.source import read_json
-        from shanshui.weights import load_strict
 
         quiet_hf()
         if device == "cuda" and not torch.cuda.is_available():
@@ -149,13 +143,11 @@ class TorchComponents:
         device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
         if threads and device == "cpu":
             torch.set_num_threads(int(threads))
-        if dtype not in {p.value for p in TorchPrecision}:
-            raise ShanshuiError(f"precision {dtype!r} is not available; choose one of {', '.join(p.value for p in TorchPrecision)}")
+        check_choice("precision", dtype, TorchPrecision)
         if dtype in ("fp16", "bf16") and device == "cpu":
             raise ShanshuiError(f"{dtype} on the CPU is slower than fp32 in PyTorch; use fp32 there, or --device cuda")
         if (cuda_graphs or compile) and device != "cuda":
             raise ShanshuiError("CUDA graphs and torch.compile here need a CUDA GPU: use --device cuda, or --no-cuda-graphs")
-        from shanshui.runtime import torch_cuda
 
         torch_dtype = getattr(torch, torch_cuda.load_dtype(dtype, device))
         index = read_json(Path(root) / "model_index.json")
@@ -196,9 +188,3 @@ class TorchComponents:
 
     def vae_encoder(self, image: np.ndarray) -> np.ndarray:
         return self._run(lambda a: self.vae.encode(a, return_dict=False)[0].mean, image.astype(np.float32))
-
-
-def default_threads() -> int | None:
-    """SHANSHUI_THREADS, else let the runtime decide."""
-    v = os.environ.get("SHANSHUI_THREADS")
-    return int(v) if v and v.isdigit() and int(v) > 0 else None

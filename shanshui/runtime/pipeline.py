@@ -17,6 +17,11 @@ from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
 from shanshui.runtime.samplers import SAMPLERS
 from shanshui.runtime.tokenizer import open_tokenizer
+from shanshui.runtime.trt_backend import TrtComponents
+from shanshui.spec.engine_manifest import read_engine_manifest
+from shanshui.spec.folders import default_model_dir, folder_kind
+from shanshui.spec.manifest import MANIFEST, open_exported
+from shanshui.spec.source import model_resolution, open_source
 
 SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
     "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
@@ -49,35 +54,6 @@ class Result:
     truncated: bool = False
 
 
-def default_model_dir() -> Path:
-    """The model shipped inside the package (its ONNX export)."""
-    from shanshui import models
-
-    path = models.default_model_path()
-    if path is None:
-        raise ShanshuiError("no default model ships with this install yet; pass --model with an export or diffusers folder")
-    return path
-
-
-def _kind(root: Path) -> str:
-    from shanshui.engines.build import ENGINE_MANIFEST
-    from shanshui.export.manifest import MANIFEST
-
-    if not root.is_dir():
-        raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
-    if (root / MANIFEST).is_file():
-        return "onnx"
-    from shanshui.export.foreign import is_foreign_onnx
-
-    if is_foreign_onnx(root):  # Optimum's ONNX layout, no manifest of ours
-        return "onnx"
-    if (root / ENGINE_MANIFEST).is_file():
-        return "engines"
-    if (root / "model_index.json").is_file() and (root / "unet").is_dir():
-        return "diffusers"
-    raise ShanshuiError(f"{root} is neither a shanshui export nor a diffusers folder; make one with `shanshui export` or `shanshui init`")
-
-
 class Pipeline:
     """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
 
@@ -85,11 +61,8 @@ class Pipeline:
                  precision: str | None = None, cuda_graphs: bool | None = None):
         t0 = time.perf_counter()
         root = Path(model_dir) if model_dir is not None else default_model_dir()
-        kind, engine_dir = _kind(root), None
+        kind, engine_dir = folder_kind(root), None
         if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
-            from shanshui.engines.build import read_engine_manifest
-            from shanshui.export.manifest import MANIFEST
-
             engine_dir, root = root, Path(read_engine_manifest(root)["export"])
             backend = "tensorrt" if backend == "auto" else backend
             if not (root / MANIFEST).is_file():
@@ -108,8 +81,6 @@ class Pipeline:
             raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
         self.root, self.backend = root, backend
         if kind == "onnx":
-            from shanshui.export.manifest import open_exported
-
             exported = open_exported(root)
             m = exported.manifest
             self.dims = exported.dims
@@ -117,14 +88,10 @@ class Pipeline:
             self.scaling_factor = float(m["vae_scaling_factor"])
             self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
             if backend == "tensorrt":
-                from shanshui.runtime.trt_backend import TrtComponents
-
                 self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
             else:
                 self.components = OrtComponents(exported, device=device, threads=threads)
         else:
-            from shanshui.export.source import model_resolution, open_source
-
             source = open_source(root)
             self.dims = source.dims
             res = model_resolution(root)

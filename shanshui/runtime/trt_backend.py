@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shanshui.engines.plan import COMPONENTS
+from shanshui.spec.contract import COMPONENTS
 from shanshui.errors import ShanshuiError
+from shanshui.engines import trt
+from shanshui.engines.build import check_engines
 
 
 class TrtComponents:
@@ -26,8 +28,6 @@ class TrtComponents:
     def __init__(self, exported, engine_dir: Path | None = None, device: str = "auto", cuda_graphs: bool = True):
         if device == "cpu":
             raise ShanshuiError("TensorRT runs on NVIDIA GPUs only: use --backend onnxruntime for --device cpu")
-        from shanshui.engines import trt
-        from shanshui.engines.build import check_engines
 
         env = trt.environment()  # tensorrt importable, a GPU visible: else a one-line error
         paths, self.engines = check_engines(exported, env, engine_dir)

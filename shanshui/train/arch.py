@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.hf import quiet_hf
+from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+from shanshui.weights import save_text_encoder
 
 
 class Arch(str, enum.Enum):
@@ -126,9 +129,6 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         import torch  # noqa: F401
     except ImportError:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
-    from shanshui.export.onnx_export import quiet_hf
-    from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
-    from shanshui.weights import save_text_encoder
 
     quiet_hf()
     spec = ARCHS[arch]

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from shanshui.engines import trt
-from shanshui.engines.build import EngineBuild, build_engines
+from shanshui.engines.plan import EngineBuild
+from shanshui.engines.build import build_engines
 from shanshui.engines.plan import Bucket, network_mode, profiles
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import open_exported
+from shanshui.spec.manifest import open_exported
 from shanshui.runtime.pipeline import Pipeline, Request
 from tests.engines import fake_trt
 
@@ -32,7 +33,7 @@ def fake(monkeypatch):
 
 
 def _profiles(exported, comp, buckets, dynamic=False):
-    from shanshui.export.contract import components
+    from shanshui.spec.contract import components
 
     return profiles(components(exported.dims)[comp], exported.dims, exported.shapes, buckets, dynamic)
 

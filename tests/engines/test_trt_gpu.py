@@ -12,11 +12,12 @@ import shutil
 import numpy as np
 import pytest
 
-from shanshui.engines.build import ENGINE_MANIFEST, build_engines
+from shanshui.spec.engine_manifest import ENGINE_MANIFEST
+from shanshui.engines.build import build_engines
 from shanshui.engines.plan import Bucket
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import components
-from shanshui.export.manifest import open_exported
+from shanshui.spec.contract import components
+from shanshui.spec.manifest import open_exported
 from shanshui.runtime.backends import OrtComponents
 from shanshui.runtime.pipeline import Pipeline, Request
 
@@ -107,10 +108,10 @@ def test_fp16_engines_paint_like_fp32(tiny_model, tiny_export, ort_pipe, tmp_pat
 
     source = tiny_export
     if int(tensorrt.__version__.split(".")[0]) >= 11:  # no fp16 builder flag: build from an fp16 export
-        from shanshui.export.onnx_export import export_model
+        from shanshui.quantize.convert import export_at
 
         source = tmp_path / "fp16"
-        export_model(tiny_model, source, precision="fp16", max_batch=2, check=False)
+        export_at(tiny_model, source, precision="fp16", max_batch=2, check=False)
     out = tmp_path / "fp16-engines"
     build_engines(source, out, precision="fp16")
     pipe = Pipeline(out)

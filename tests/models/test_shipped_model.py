@@ -63,7 +63,7 @@ def test_shipped_model_paints_what_the_prompt_says():
     (Blue-green vs ink does not hold reliably yet — 7 of 12 in eval's prompt swap — so it is measured there, not here.)
     """
     from shanshui.runtime.pipeline import Pipeline, Request
-    from shanshui.train.evaluate import colour_stats
+    from shanshui.eval.evaluate import colour_stats
 
     pipe = Pipeline(threads=1)
     prompts = {"day": "晴日当空，青山环绕", "night": "明月当空，青山环绕", "dusk": "夕阳西下，青山环绕"}

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from shanshui.export.manifest import MANIFEST
-from shanshui.quantize import quantize_export
+from shanshui.spec.manifest import MANIFEST
+from shanshui.quantize.convert import quantize_export
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_int8_graphs_pass_the_full_checker(int8_export):
 
     import onnx
 
-    from shanshui.export.manifest import MANIFEST
+    from shanshui.spec.manifest import MANIFEST
 
     m = json.loads((int8_export / MANIFEST).read_text())
     for comp, entry in m["components"].items():

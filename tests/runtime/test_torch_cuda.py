@@ -23,11 +23,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_int8_hands_all_three_modules_to_bnb(tiny_model, monkeypatch):
     calls = []
 
-    def to_int8(modules, device):  # the contract of shanshui.quantize.bnb.to_int8: in place, returns a summary
+    def to_int8(modules, device):  # the contract of shanshui.runtime.bnb.to_int8: in place, returns a summary
         calls.append((sorted(modules), device, {k: next(m.parameters()).dtype for k, m in modules.items()}))
         return {"unet": 0}
 
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", types.SimpleNamespace(to_int8=to_int8))
+    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", types.SimpleNamespace(to_int8=to_int8))
     pipe = Pipeline(tiny_model, device="cpu", precision="int8")
     assert calls == [(["text_encoder", "unet", "vae"], "cpu", {k: torch.float32 for k in ("text_encoder", "unet", "vae")})]
     assert pipe(Request(PROMPT, steps=1, height=128, width=128)).images[0].shape == (128, 128, 3)
@@ -37,10 +37,10 @@ def test_int8_errors_propagate_as_one_line(tiny_model, monkeypatch):
     def refuse(modules, device):
         raise ShanshuiError("bitsandbytes cannot run here (no GPU); or use the int8 ONNX export")
 
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", types.SimpleNamespace(to_int8=refuse))
+    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", types.SimpleNamespace(to_int8=refuse))
     with pytest.raises(ShanshuiError, match="bitsandbytes cannot run here"):
         Pipeline(tiny_model, device="cpu", precision="int8")
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", None)  # not installed
+    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", None)  # not installed
     with pytest.raises(ShanshuiError, match=r"needs bitsandbytes support .*pip install 'shanshui\[bnb\]'"):
         Pipeline(tiny_model, device="cpu", precision="int8")
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from shanshui.data.scene import sample_scene
-from shanshui.train import evaluate as ev
+from shanshui.eval import evaluate as ev
 
 
 def test_targets_follow_the_caption_facts():
