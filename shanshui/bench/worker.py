@@ -157,23 +157,31 @@ def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
             **_save_image(spec["image"], image)}
 
 
-def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
-    """The peer: diffusers' StableDiffusionPipeline in PyTorch eager, DPM-Solver++ (2M), the same initial noise."""
-    mem.reset()
-    t0 = time.perf_counter()
+def _load_diffusers(spec: dict):
+    """diffusers' pipeline for the row, on its device, with DPM-Solver++ (2M); returns it and its torch dtype."""
     import diffusers
     import torch
 
     quiet_hf()
-    dev = spec["device"]
     if spec["threads"]:
         torch.set_num_threads(int(spec["threads"]))
     dtype = torch.float16 if spec["precision"] == "fp16" else torch.float32
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["model_dir"], safety_checker=None, requires_safety_checker=False,
                                                              torch_dtype=dtype, use_safetensors=True)
     pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++ 2M
-    pipe = pipe.to(dev)
+    pipe = pipe.to(spec["device"])
     pipe.set_progress_bar_config(disable=True)
+    return pipe, dtype
+
+
+def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
+    """The peer: diffusers' StableDiffusionPipeline in PyTorch eager, DPM-Solver++ (2M), the same initial noise."""
+    mem.reset()
+    t0 = time.perf_counter()
+    pipe, dtype = _load_diffusers(spec)
+    import torch
+
+    dev = spec["device"]
     load = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}
     gpu = GpuPeak("torch") if dev == "cuda" else None
     dims = open_source(Path(spec["model_dir"])).dims

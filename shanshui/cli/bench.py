@@ -50,14 +50,8 @@ def bench(
 ):
     """Measure latency, memory and image quality per backend × precision, beside diffusers (and Optimum)."""
 
-    for name, v, low in (("steps", steps, 1), ("repeats", repeats, 1), ("warmup", warmup, 0), ("stage-repeats", stage_repeats, 1),
-                         ("threads", threads, 1), ("rounds", rounds, 1)):
-        if v is not None and v < low:
-            raise ShanshuiError(f"--{name} must be at least {low}, got {v}")
-    if min_time is not None and min_time < 0:
-        raise ShanshuiError(f"--min-time must be zero or more seconds, got {min_time}")
-    if timeout is not None and timeout <= 0:
-        raise ShanshuiError(f"--timeout must be positive, got {timeout}")
+    _check_numbers(steps=steps, repeats=repeats, warmup=warmup, stage_repeats=stage_repeats, threads=threads,
+                   rounds=rounds, min_time=min_time, timeout=timeout)
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
     if load is not None:
         report = load_report(load)
@@ -65,7 +59,6 @@ def bench(
             for p in write_reports(report, out):
                 typer.echo(f"wrote {p}")
     else:
-
         kw = dict(prompt=prompt, seed=seed, guidance=guidance, steps=steps, warmup=warmup, repeats=repeats,
                   stage_repeats=stage_repeats, threads=threads or default_threads() or os.cpu_count(), timeout_s=timeout,
                   steady=steady, min_time_s=min_time, rounds=rounds)
@@ -81,3 +74,14 @@ def bench(
             typer.echo(f"wrote {p}")
     if old is not None:
         typer.echo(format_compare(compare_reports(old, report), old, report))
+
+
+def _check_numbers(steps, repeats, warmup, stage_repeats, threads, rounds, min_time, timeout) -> None:
+    for name, v, low in (("steps", steps, 1), ("repeats", repeats, 1), ("warmup", warmup, 0), ("stage-repeats", stage_repeats, 1),
+                         ("threads", threads, 1), ("rounds", rounds, 1)):
+        if v is not None and v < low:
+            raise ShanshuiError(f"--{name} must be at least {low}, got {v}")
+    if min_time is not None and min_time < 0:
+        raise ShanshuiError(f"--min-time must be zero or more seconds, got {min_time}")
+    if timeout is not None and timeout <= 0:
+        raise ShanshuiError(f"--timeout must be positive, got {timeout}")
