@@ -23,7 +23,6 @@ from shanshui.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
 from shanshui.metrics import psnr, ssim
 
 SCHEMA = "shanshui-bench/1"
-STAGES = ("text_encoder", "unet_step", "vae_decode")
 FIRST_KEYS = {"text_encoder": "text_encoder_s", "unet_step": "unet_first_step_s", "vae_decode": "vae_decoder_s"}
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8")
 VERSIONED = ("shanshui", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "diffusers", "transformers", "onnx", "tensorrt")

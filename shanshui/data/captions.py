@@ -224,11 +224,6 @@ def caption(scene: Scene, lang: str, rng: np.random.Generator) -> str:
     return caption_with_keys(scene, lang, rng)[0]
 
 
-def mentioned_attributes(scene: Scene, lang: str, rng: np.random.Generator) -> frozenset[Key]:
-    """The (attribute, value) facts the caption drawn with this rng state states (same draws as `caption`)."""
-    return caption_with_keys(scene, lang, rng)[1]
-
-
 def captionable(scene: Scene) -> frozenset[Key]:
     """Every (attribute, value) fact some template can state about the scene."""
     return frozenset().union(*(p.keys for p in phrases(scene)))

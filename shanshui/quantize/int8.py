@@ -20,6 +20,8 @@ from shanshui.metrics import psnr, snr_db, to_uint8
 from shanshui.onnxrt import ort_session
 from shanshui.quantize.sensitivity import isolated_layer_snr
 from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.spec.contract import ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET
+from shanshui.spec.contract import ALL_COMPONENTS, VAE_DECODER, VAE_ENCODER
 
 MIN_LAYER_SNR_DB = 25.0  # a layer whose own int8 output SNR is below this stays float (typical layers: 35-45 dB)
 ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj")  # name fragments of float layers
@@ -63,21 +65,21 @@ def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None =
     U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
 
     pipe = Pipeline(export, threads=threads)
-    feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": [], "vae_encoder": []}
+    feeds: dict[str, list] = {c: [] for c in ALL_COMPONENTS}
     te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 
     def text_encoder(ids):
-        feeds["text_encoder"].append({"input_ids": ids})
+        feeds[TEXT_ENCODER].append({INPUT_IDS: ids})
         return te(ids)
 
     def recording_unet(x, t, cond):
-        feeds["unet"].append({"sample": x, "timestep": t, "encoder_hidden_states": cond})
+        feeds[UNET].append({SAMPLE: x, TIMESTEP: t, ENCODER_HIDDEN_STATES: cond})
         return unet(x, t, cond)
 
     def vae_decoder(z):
-        feeds["vae_decoder"].append({"latent_sample": z})
+        feeds[VAE_DECODER].append({LATENT_SAMPLE: z})
         images = dec(z)
-        feeds["vae_encoder"].append({"sample": np.clip(images, -1, 1).astype(np.float32)})  # the encoder's inputs: paintings
+        feeds[VAE_ENCODER].append({SAMPLE: np.clip(images, -1, 1).astype(np.float32)})  # the encoder's inputs: paintings
         return images
 
     pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder = text_encoder, recording_unet, vae_decoder

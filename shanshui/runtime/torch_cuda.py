@@ -18,8 +18,8 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.bnb import to_int8 as convert
+from shanshui.spec.contract import COMPONENTS
 
-STAGES = ("text_encoder", "unet", "vae_decoder")
 
 
 def load_dtype(precision: str, device: str) -> str:
@@ -81,11 +81,7 @@ class CudaRunner:
             self.unet_fn = torch.compile(unet, mode="reduce-overhead" if cuda_graphs else "default")
             self.cuda_graphs = False  # reduce-overhead captures its own graphs
         self._graphs: dict = {}  # input shapes -> (graph, static inputs, static output)
-        self.timings: dict[str, list[float]] = {s: [] for s in STAGES}
-
-    def reset_timings(self) -> None:
-        for v in self.timings.values():
-            v.clear()
+        self.timings: dict[str, list[float]] = {c: [] for c in COMPONENTS}
 
     def _to(self, a: np.ndarray, dtype, image: bool = False):
         t = self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype)

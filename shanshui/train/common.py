@@ -15,18 +15,18 @@ from shanshui.data.dataset import load_folder
 
 
 @dataclass(frozen=True)
-class Example:
+class TrainingExample:
     image: Path
     captions: tuple[str, ...]  # every caption of the image (Chinese, English, …); one is drawn per step
 
 
-def read_examples(data: Path) -> list[Example]:
+def read_examples(data: Path) -> list[TrainingExample]:
     """Examples from an imagefolder (metadata.jsonl) or a folder of images with .txt caption sidecars."""
 
     out = []
     for ex in load_folder(data):
         caps = tuple(dict.fromkeys(c for c in (ex.text_zh, ex.text_en, ex.text) if c))
-        out.append(Example(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
+        out.append(TrainingExample(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
     if not out:
         raise ShanshuiError(f"no images found in {data}; render some with `shanshui data render {data}`")
     return out
