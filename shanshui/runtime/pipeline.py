@@ -11,25 +11,18 @@ from typing import Callable
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.metrics import to_uint8
 from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
 from shanshui.runtime.tokenizer import open_tokenizer
 from shanshui.runtime.trt_backend import TrtComponents
 from shanshui.spec.engine_manifest import read_engine_manifest
 from shanshui.spec.folders import default_model_dir, folder_kind
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.spec.source import model_resolution, open_source
-
-SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
-    "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
-    "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
-}
-
 
 @dataclass
 class Request:
@@ -165,7 +158,7 @@ class Pipeline:
 
         t2 = time.perf_counter()
         decoded = self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32))  # (n, 3, H, W)
-        images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
+        images = list(to_uint8(decoded))  # each (H, W, 3)
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
         params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root),
