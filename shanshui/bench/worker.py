@@ -27,7 +27,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.quantize.convert import export_at
 from shanshui.hf import quiet_hf
 from shanshui.runtime.backends import TorchComponents
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.spec.contract import components as specs_for
 from shanshui.spec.source import open_source
 from shanshui.train.arch import init_model
@@ -136,7 +136,7 @@ def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     gpu = GpuPeak("torch" if backend == "torch" else "nvml") if dev == "cuda" else None
     mem.reset()
     kw = {"precision": spec["precision"]} if backend == "torch" and spec["precision"] != "fp32" else {}
-    pipe = Pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
+    pipe = open_pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
     load_s = pipe.load_seconds
     load = {"load_s": load_s, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}
     req = Request(prompt=spec["prompt"], steps=spec["steps"], guidance=spec["guidance"], seed=spec["seed"],

@@ -11,7 +11,7 @@ from shanshui.env import default_threads
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.backends import Backend, Device
 from shanshui.runtime.image import numbered, save_png
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.runtime.samplers import Sampler
 from shanshui.spec.contract import TorchPrecision
 
@@ -50,7 +50,7 @@ def generate(
                   strength=0.6 if strength is None else strength)
     if output.suffix.lower() != ".png":
         raise ShanshuiError(f"output {output} must end in .png")
-    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
+    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
                     precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
     pipe.validate(req)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

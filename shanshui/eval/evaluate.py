@@ -24,7 +24,7 @@ from shanshui.data.scene import sample_scene, scene_seed
 from shanshui.hf import reconstruct
 from shanshui.metrics import psnr, ssim
 from shanshui.runtime.image import save_grid
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 CLS_SIZE = 64  # the classifier sees 64×64 thumbnails
 TRAIN_BASE, TEST_BASE, PROMPT_BASE = 910_001, 920_002, 930_003  # seed ranges no training set uses by default
@@ -189,7 +189,7 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
 
     if prompts < 2:
         raise ShanshuiError("eval needs at least 2 prompts")
-    pipe = Pipeline(model, backend=backend)
+    pipe = open_pipeline(model, backend=backend)
     net, ceiling = train_classifier(progress=progress, **(classifier or {}))
     cases = held_out_prompts(prompts)
     images = []

@@ -13,7 +13,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.eval.evaluate import cached_classifier, predict, thumbnails
 from shanshui.metrics import psnr, snr_db, ssim
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 # Floors per precision; raise them when models allow, never lower them silently.
 FLOORS = {"fp16": {"psnr_db": 35.0}, "int8": {"psnr_db": 25.0, "ssim": 0.85}}
@@ -43,8 +43,8 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
     """Compare two exports image by image (GATE_PROMPTS × GATE_SEEDS by default); returns the report with `passed`."""
 
     prompts, seeds = prompts or GATE_PROMPTS, seeds or GATE_SEEDS
-    ref_pipe = Pipeline(reference, threads=threads)
-    cand_pipe = Pipeline(candidate, threads=threads)
+    ref_pipe = open_pipeline(reference, threads=threads)
+    cand_pipe = open_pipeline(candidate, threads=threads)
     recorder = _Recorder(ref_pipe.components.unet)
     ref_pipe.components.unet = recorder
     images, step_snr, pairs = [], [], []

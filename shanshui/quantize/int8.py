@@ -19,7 +19,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.metrics import psnr, snr_db, to_uint8
 from shanshui.onnxrt import ort_session
 from shanshui.quantize.sensitivity import isolated_layer_snr
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.spec.contract import ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET
 from shanshui.spec.contract import ALL_COMPONENTS, VAE_DECODER, VAE_ENCODER
 
@@ -64,7 +64,7 @@ def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None =
     """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
     U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
 
-    pipe = Pipeline(export, threads=threads)
+    pipe = open_pipeline(export, threads=threads)
     feeds: dict[str, list] = {c: [] for c in ALL_COMPONENTS}
     te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 

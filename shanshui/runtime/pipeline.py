@@ -48,64 +48,15 @@ class Result:
 
 
 class Pipeline:
-    """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
+    """A loaded model: tokenizer, components on one backend (see runtime.backends), scheduler config and sizes."""
 
-    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool | None = None):
-        t0 = time.perf_counter()
-        root = Path(model_dir) if model_dir is not None else default_model_dir()
-        kind, engine_dir = folder_kind(root), None
-        if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
-            engine_dir, root = root, Path(read_engine_manifest(root)["export"])
-            backend = "tensorrt" if backend == "auto" else backend
-            if not (root / MANIFEST).is_file():
-                raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
-                                    f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
-            kind = "onnx"
-        backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
-        if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
-            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
-        if kind == "diffusers" and backend != "torch":
-            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
-        if precision not in (None, "fp32") and backend != "torch":
-            raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
-                                f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
-        if cuda_graphs and backend == "onnxruntime":
-            raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
-        self.root, self.backend = root, backend
-        if kind == "onnx":
-            exported = open_exported(root)
-            m = exported.manifest
-            self.dims = exported.dims
-            self.default_size = (exported.shapes.height, exported.shapes.width)
-            self.scaling_factor = float(m["vae_scaling_factor"])
-            self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-            if backend == "tensorrt":
-                self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
-            else:
-                self.components = OrtComponents(exported, device=device, threads=threads)
-        else:
-            source = open_source(root)
-            self.dims = source.dims
-            res = model_resolution(root)
-            self.default_size = (res, res)
-            self.scaling_factor = source.vae_scaling_factor
-            self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
-                                                          cuda_graphs=bool(cuda_graphs))
-        with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            self.scheduler = schedules.with_class_defaults(json.load(f))
-        self.load_seconds = time.perf_counter() - t0
-
-    @classmethod
-    def from_parts(cls, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
-                   root: Path | None = None, backend: str = "torch") -> "Pipeline":
-        """A pipeline over components already in memory (e.g. the models being trained)."""
-        self = cls.__new__(cls)
+    def __init__(self, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
+                 root: Path | None = None, backend: str = "torch", load_seconds: float = 0.0):
+        """A pipeline over loaded components (open_pipeline loads them from a folder; training passes its own)."""
         self.components, self.tokenizer, self.dims = components, tokenizer, dims
         self.scheduler = schedules.with_class_defaults(scheduler)
-        self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
-        return self
+        self.scaling_factor, self.default_size = scaling_factor, size
+        self.root, self.backend, self.load_seconds = root, backend, load_seconds
 
     def validate(self, req: Request) -> tuple[int, int]:
         if not req.prompt or not req.prompt.strip():
@@ -166,3 +117,55 @@ class Pipeline:
         if req.init_image is None:
             params.pop("strength")
         return Result(images=images, params=params, timings=timings, truncated=truncated[0])
+
+
+def open_pipeline(model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                  precision: str | None = None, cuda_graphs: bool | None = None) -> Pipeline:
+    """Load a model folder (export, engine folder or diffusers folder; default: the shipped model) on a backend
+    (`auto`: the folder's own). Every choice is checked before anything is loaded."""
+    t0 = time.perf_counter()
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    root, kind, engine_dir, backend = _resolve(root, backend, precision, cuda_graphs)
+    if kind == "onnx":
+        exported = open_exported(root)
+        m = exported.manifest
+        dims, size = exported.dims, (exported.shapes.height, exported.shapes.width)
+        scaling_factor = float(m["vae_scaling_factor"])
+        tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
+        if backend == "tensorrt":
+            components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+        else:
+            components = OrtComponents(exported, device=device, threads=threads)
+    else:
+        source = open_source(root)
+        res = model_resolution(root)
+        dims, size, scaling_factor = source.dims, (res, res), source.vae_scaling_factor
+        tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
+        components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
+                                                 cuda_graphs=bool(cuda_graphs))
+    with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+        scheduler = json.load(f)
+    return Pipeline(components, tokenizer, scheduler, dims, scaling_factor, size, root, backend, time.perf_counter() - t0)
+
+
+def _resolve(root: Path, backend: str, precision: str | None, cuda_graphs: bool | None) -> tuple[Path, str, Path | None, str]:
+    """(model root, 'onnx' or 'diffusers', engine folder or None, backend), or a one-line error for a bad combination."""
+    kind, engine_dir = folder_kind(root), None
+    if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
+        engine_dir, root = root, Path(read_engine_manifest(root)["export"])
+        backend = "tensorrt" if backend == "auto" else backend
+        if not (root / MANIFEST).is_file():
+            raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
+                                f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
+        kind = "onnx"
+    backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
+    if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
+        raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
+    if kind == "diffusers" and backend != "torch":
+        raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
+    if precision not in (None, "fp32") and backend != "torch":
+        raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
+                            f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
+    if cuda_graphs and backend == "onnxruntime":
+        raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
+    return root, kind, engine_dir, backend

@@ -124,7 +124,7 @@ def _pipeline_for(text_encoder, unet, vae, tokenizer_dir: Path, scheduler, cfg: 
     dims = ModelDims(text_len=tok.max_length, text_dim=text_encoder.config.hidden_size, vocab_size=text_encoder.config.vocab_size,
                      latent_channels=unet.config.in_channels, vae_scale=8, size_multiple=8 * 2 ** (len(unet.config.block_out_channels) - 1))
     parts = TorchComponents(text_encoder, unet, vae, device)
-    return Pipeline.from_parts(parts, tok, dict(scheduler.config), dims, vae.config.scaling_factor, (cfg.size, cfg.size))
+    return Pipeline(parts, tok, dict(scheduler.config), dims, vae.config.scaling_factor, (cfg.size, cfg.size))
 
 
 def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,

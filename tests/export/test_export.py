@@ -166,9 +166,9 @@ def test_foreign_sd_folder_with_clip_tokenizer(tmp_path):
     m = export_model(src, out, height=32, width=32, max_batch=1)
     assert m["tokenizer"]["pad_token"] == "<|endoftext|>" and (out / "tokenizer" / "tokenizer.json").is_file()
 
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
-    result = Pipeline(out)(Request("a quiet lake", steps=3, height=32, width=32))
+    result = open_pipeline(out)(Request("a quiet lake", steps=3, height=32, width=32))
     assert result.images[0].shape == (32, 32, 3)
 
 

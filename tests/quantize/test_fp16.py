@@ -83,10 +83,10 @@ def test_attribute_agreement_reads_both_images_with_the_classifier(monkeypatch):
 
 def test_fp16_generates_like_fp32(fp16_export, tiny_export):
     from shanshui.metrics import psnr
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
     req = Request("青绿山水，瀑布", steps=4, seed=9)
-    assert psnr(Pipeline(fp16_export)(req).images[0], Pipeline(tiny_export)(req).images[0]) >= 35
+    assert psnr(open_pipeline(fp16_export)(req).images[0], open_pipeline(tiny_export)(req).images[0]) >= 35
 
 
 def test_gate_fails_a_broken_model_and_writes_nothing(tiny_export, tmp_path, monkeypatch):
