@@ -14,6 +14,7 @@ from shanshui.cli.engine import app as engine_app
 from shanshui.cli.evaluate import eval_
 from shanshui.cli.generate import generate
 from shanshui.cli.model import export, init, quantize
+from shanshui.cli.serve import serve
 from shanshui.cli.train import app as train_app
 from shanshui.errors import ShanshuiError
 
@@ -62,6 +63,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(engine_app, name="engine")
 app.command()(bench)
+app.command()(serve)
 app.command()(init)
 app.command()(export)
 app.command()(quantize)
