@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,21 @@ from shanshui.spec.contract import LATENT_SAMPLE, OUT_SAMPLE, SAMPLE, TEXT_ENCOD
 from shanshui.spec.contract import TorchPrecision, check_choice
 from shanshui.runtime import torch_cuda
 from shanshui.weights import load_strict
+
+
+class Components(Protocol):
+    """What the pipeline needs of a backend (OrtComponents, TorchComponents, trt_backend.TrtComponents)."""
+
+    name: str
+    has_encoder: bool
+
+    def text_encoder(self, input_ids: np.ndarray) -> np.ndarray: ...  # (B2, L) int64 -> (B2, L, D)
+
+    def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray: ...  # -> ε or v (B2, C, h, w)
+
+    def vae_decoder(self, z: np.ndarray) -> np.ndarray: ...  # (B, C, h, w) -> (B, 3, H, W) in [-1, 1]
+
+    def vae_encoder(self, image: np.ndarray) -> np.ndarray: ...  # (B, 3, H, W) -> latent mean (B, C, h, w); if has_encoder
 
 
 class Backend(str, enum.Enum):

@@ -25,6 +25,7 @@ from shanshui.engines.build import check_engines
 
 class TrtComponents:
     name = "tensorrt"
+    has_encoder = False  # image-to-image runs on onnxruntime or torch
 
     def __init__(self, exported, engine_dir: Path | None = None, device: str = "auto", cuda_graphs: bool = True):
         if device == "cpu":
