@@ -24,6 +24,7 @@ from shanshui.spec.folders import default_model_dir, folder_kind
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.spec.source import model_resolution, open_source
 
+
 @dataclass
 class Request:
     prompt: str
