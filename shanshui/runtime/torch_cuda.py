@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shanshui.errors import ShanshuiError
-from shanshui.runtime.bnb import to_int8 as convert
+from shanshui.runtime import bnb
 from shanshui.spec.contract import COMPONENTS
 
 
@@ -32,13 +31,8 @@ def load_dtype(precision: str, device: str) -> str:
 def to_int8(text_encoder, unet, vae, device: str):
     """int8 weights through shanshui.runtime.bnb.to_int8(modules, device), which swaps layers in place and moves
     what it quantizes to `device`; whatever it leaves elsewhere (the VAE) is moved here. Its errors propagate."""
-    try:
-        pass
-    except ImportError as e:
-        raise ShanshuiError(f"--precision int8 for the torch backend needs bitsandbytes support ({e.name} is missing): "
-                            f"pip install 'shanshui[bnb]', or use --precision fp16") from None
     modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
-    convert(modules, device)
+    bnb.to_int8(modules, device)
     for m in modules.values():
         if any(p.device.type != device for p in m.parameters()):
             m.to(device)

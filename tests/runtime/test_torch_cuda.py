@@ -2,12 +2,13 @@
 fp16/bf16 quality, CUDA graphs and timings need a CUDA GPU (skipped without one)."""
 
 import sys
-import types
+
 
 import numpy as np
 import pytest
 
 from shanshui.errors import ShanshuiError
+from shanshui.runtime import bnb
 from shanshui.runtime.pipeline import Request, open_pipeline
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
@@ -27,7 +28,7 @@ def test_int8_hands_all_three_modules_to_bnb(tiny_model, monkeypatch):
         calls.append((sorted(modules), device, {k: next(m.parameters()).dtype for k, m in modules.items()}))
         return {"unet": 0}
 
-    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", types.SimpleNamespace(to_int8=to_int8))
+    monkeypatch.setattr(bnb, "to_int8", to_int8)
     pipe = open_pipeline(tiny_model, device="cpu", precision="int8")
     assert calls == [(["text_encoder", "unet", "vae"], "cpu", {k: torch.float32 for k in ("text_encoder", "unet", "vae")})]
     assert pipe(Request(PROMPT, steps=1, height=128, width=128)).images[0].shape == (128, 128, 3)
@@ -37,11 +38,12 @@ def test_int8_errors_propagate_as_one_line(tiny_model, monkeypatch):
     def refuse(modules, device):
         raise ShanshuiError("bitsandbytes cannot run here (no GPU); or use the int8 ONNX export")
 
-    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", types.SimpleNamespace(to_int8=refuse))
+    monkeypatch.setattr(bnb, "to_int8", refuse)
     with pytest.raises(ShanshuiError, match="bitsandbytes cannot run here"):
         open_pipeline(tiny_model, device="cpu", precision="int8")
-    monkeypatch.setitem(sys.modules, "shanshui.runtime.bnb", None)  # not installed
-    with pytest.raises(ShanshuiError, match=r"needs bitsandbytes support .*pip install 'shanshui\[bnb\]'"):
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(ShanshuiError, match=r"needs bitsandbytes: pip install 'shanshui\[bnb\]'"):
         open_pipeline(tiny_model, device="cpu", precision="int8")
 
 
