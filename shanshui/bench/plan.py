@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.models import default_model_path, default_source_path
+from shanshui import models
 from shanshui.spec.manifest import read_manifest
 from shanshui.spec.source import model_resolution
 from shanshui.train.arch import ARCHS
@@ -134,7 +134,7 @@ def resolve_model(text: str) -> ModelRef:
     path = Path(text).expanduser()
     if text == "default" and not path.exists():
 
-        src, onnx = default_source_path(), default_model_path()
+        src, onnx = models.default_source_path(), models.default_model_path()
         if src is None:
             raise ShanshuiError("no default model ships with this install yet; pass --model with a model folder, or --model sd15")
         shipped = read_manifest(onnx) if onnx is not None else None  # the shipped export is measured as it ships

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from shanshui.errors import ShanshuiError
-from shanshui.models import default_source_path
+from shanshui import models
 from shanshui.quantize.convert import export_at, quantize_export
 from shanshui.spec.contract import Precision, QuantizePrecision
 from shanshui.train.arch import Arch, init_model
@@ -52,7 +52,7 @@ def export(
     """Export text encoder, U-Net and VAE decoder to ONNX, each checked against PyTorch (and fp16 against fp32)."""
 
     if model_dir is None:
-        model_dir = default_source_path()
+        model_dir = models.default_source_path()
         if model_dir is None:
             raise ShanshuiError("no default model ships with this install yet; pass MODEL_DIR (e.g. one made by `shanshui init`)")
     events = {"skip": "unchanged, kept", "export": "exporting and checking against PyTorch…", "done": "done"}

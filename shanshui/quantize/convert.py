@@ -21,7 +21,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.export.graph_check import check_onnx
 from shanshui.export.onnx_export import default_out_dir, export_model
 from shanshui.fsutil import make_out_dir, umask, write_json_atomic
-from shanshui.quantize.fp16 import FP16_BLOCK_OPS, convert_fp16, outputs_finite
+from shanshui.quantize import fp16
 from shanshui.quantize.gate import check_quality, enforce
 from shanshui.quantize.int8 import ALWAYS_FLOAT, int8_format, output_quality, quantize_int8, record_feeds
 from shanshui.spec.contract import LAST_HIDDEN_STATE, LATENT_PARAMETERS, SAMPLE, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
@@ -88,7 +88,7 @@ def _plan(src: Path, out: Path, precision: str, check: bool, int8_target: str) -
     if int8_target not in INT8_TARGETS:
         raise ShanshuiError(f"int8 target {int8_target!r} is not one of {', '.join(INT8_TARGETS)}")
     key = {"precision": precision, "int8_target": int8_target if precision == "int8" else None, "version": FP16_VERSION,
-           "check": check, "block_ops": list(FP16_BLOCK_OPS),
+           "check": check, "block_ops": list(fp16.FP16_BLOCK_OPS),
            "calibration": [list(CALIBRATION_PROMPTS), list(CALIBRATION_SEEDS), CALIBRATION_STEPS],
            "source": {c: e["key"] for c, e in source.manifest["components"].items()}}
     return source, key
@@ -108,7 +108,7 @@ def _convert_components(source: ExportedModel, tmp: Path, manifest: dict, precis
         shutil.copy2(src / name / "config.json", tmp / name / "config.json")
         convert = functools.partial(_int8_component, feeds=feeds, fmt=fmt) if precision == "int8" else _fp16_component
         files, info = convert(src, tmp, name, entry, on_event)
-        if info["precision"] != "fp32" and not outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
+        if info["precision"] != "fp32" and not fp16.outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
             for f in files:
                 (tmp / name / f).unlink()
             files, info = _keep_fp32(src, tmp, name, entry, f"{precision} outputs overflowed (inf/nan); kept fp32")
@@ -157,7 +157,7 @@ def _keep_fp32(src: Path, tmp: Path, name: str, entry: dict, reason: str) -> tup
 
 def _fp16_component(src: Path, tmp: Path, name: str, entry: dict, on_event) -> tuple[list[str], dict]:
     on_event(name, "converting to fp16")
-    return convert_fp16(src / entry["file"], tmp / entry["file"]), {"precision": "fp16", "fp32_ops": list(FP16_BLOCK_OPS)}
+    return fp16.convert_fp16(src / entry["file"], tmp / entry["file"]), {"precision": "fp16", "fp32_ops": list(fp16.FP16_BLOCK_OPS)}
 
 
 # int8 mode, text encoder and VAE decoder: int8 when their own output stays within these floors against fp32 on

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
-from shanshui.eval.evaluate import cached_classifier, predict, thumbnails
+from shanshui.eval import evaluate
 from shanshui.metrics import psnr, snr_db, ssim
 from shanshui.runtime.pipeline import Request, open_pipeline
 
@@ -94,13 +94,13 @@ def attribute_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     fp32's (reported, not a floor). Uses the classifier only if `shanshui eval` trained it on this machine."""
     try:
 
-        net = cached_classifier()
+        net = evaluate.cached_classifier()
     except ImportError:  # no torch
         net = None
     if net is None:
         return {"available": False, "why": "the attribute classifier is not trained on this machine (run `shanshui eval` once)"}
-    ref = predict(net, thumbnails([a for a, _ in pairs]))
-    got = predict(net, thumbnails([b for _, b in pairs]))
+    ref = evaluate.predict(net, evaluate.thumbnails([a for a, _ in pairs]))
+    got = evaluate.predict(net, evaluate.thumbnails([b for _, b in pairs]))
     per = {k: round(float(np.mean(ref[k] == got[k])), 3) for k in ref}
     return {"available": True, "per_attribute": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 
