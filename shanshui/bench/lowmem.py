@@ -15,14 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.runtime.lowmem import BY_NAME, choose, footprint, parse_budget, smallest, usable
+from shanshui.spec.manifest import read_manifest
+from shanshui.metrics import psnr, ssim
 
 LOW = "low"
 
 
 def requests(low_memory: bool, max_memory: str | None, strategies: str | None) -> list[str]:
     """The memory requests of a run, checked before anything is measured: `low`, `budget:<size>`, strategy names."""
-    from shanshui.runtime.lowmem import BY_NAME, parse_budget
-
     out = [LOW] if low_memory else []
     if max_memory is not None:
         parse_budget(max_memory)
@@ -46,9 +47,6 @@ def add_rows(rows: list, memory: list[str]) -> list:
 
 def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
     """The strategy a row runs and the estimate, before the worker loads anything."""
-    from shanshui.export.manifest import read_manifest
-    from shanshui.runtime.lowmem import BY_NAME, choose, footprint, parse_budget, smallest, usable
-
     manifest = read_manifest(export)
     if manifest is None:
         raise ShanshuiError(f"{export} is not a shanshui export")
@@ -68,8 +66,6 @@ def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
 def add_vs_normal(records: list[dict], images: dict) -> None:
     """PSNR/SSIM of each memory row's image against its row without a strategy (same everything else)."""
     import math
-
-    from shanshui.metrics import psnr, ssim
 
     for rec in records:
         if not rec.get("memory") or rec["status"] != "ok" or rec["id"] not in images:

@@ -17,6 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from shanshui.errors import ShanshuiError
+from shanshui.spec.manifest import MANIFEST, open_exported
+from shanshui.fsutil import write_json_atomic
 
 
 def _const(graph, name: str, producers: dict):
@@ -147,10 +150,6 @@ def fuse_export(src: Path, out: Path, check_size: int | None = 32) -> dict:
     import json
     import os
     import shutil
-
-    from shanshui.errors import ShanshuiError
-    from shanshui.export.manifest import MANIFEST, open_exported
-    from shanshui.fsutil import write_json_atomic
 
     exported = open_exported(Path(src))
     src, out = Path(src), Path(out)

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.spec.manifest import MANIFEST, open_exported
+from shanshui.fsutil import write_json_atomic
 
 
 def _init_bytes(init) -> int:
@@ -71,9 +73,6 @@ def split_export(src: Path, out: Path, parts: int = 4) -> dict:
     """A copy of the export `src` at `out` (files hard-linked) with its U-Net also cut into `parts` (unet/part-K.onnx
     beside the whole graph, listed in the manifest under components.unet.parts). Returns the new manifest."""
     import onnx
-
-    from shanshui.export.manifest import MANIFEST, open_exported
-    from shanshui.fsutil import write_json_atomic
 
     if not 2 <= parts <= 64:
         raise ShanshuiError(f"parts must be between 2 and 64, got {parts}")

@@ -23,6 +23,8 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.backends import ORT_DTYPES, SPINNING, OrtComponents
+from shanshui.runtime.vae_tiling import decode_tiled, tiling
+from shanshui.spec.manifest import read_manifest
 
 MIB = 2**20
 BASE_MB = 60.0  # the interpreter, NumPy, ONNX Runtime and the tokenizer, before any model (measured: 55 MB)
@@ -151,8 +153,6 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
 
 
 def _tile_fraction(lh: int, lw: int, tile: int) -> float:
-    from shanshui.runtime.vae_tiling import tiling
-
     return tiling(lh, tile, tile // 3)[0] / lh * tiling(lw, tile, tile // 3)[0] / lw
 
 
@@ -325,8 +325,6 @@ class LowMemComponents(OrtComponents):
         decode = super().vae_decoder
         if self.strategy.vae_tile is None:
             return decode(z)
-        from shanshui.runtime.vae_tiling import decode_tiled
-
         scale = int(self.model.manifest["dims"]["vae_scale"])
         tile = tile_side(self.strategy.vae_tile, z.shape[2], z.shape[3])
         return np.concatenate([decode_tiled(decode, z[i:i + 1], scale, tile) for i in range(len(z))])
@@ -341,8 +339,6 @@ def resolve(root: Path, low_memory: bool, max_memory: str | None, h: int | None,
     """The strategy for --low-memory / --max-memory (None, None when neither is given); checked before loading."""
     if not low_memory and max_memory is None:
         return None, None
-    from shanshui.export.manifest import read_manifest
-
     manifest = read_manifest(root) if root is not None and Path(root).is_dir() else None
     if manifest is None:
         raise ShanshuiError("--low-memory and --max-memory need an ONNX export made by `shanshui export` "

@@ -11,19 +11,19 @@ from typing import Callable
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.metrics import to_uint8
 from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
 from shanshui.runtime.tokenizer import open_tokenizer
-
-SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
-    "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
-    "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
-}
+from shanshui.runtime.trt_backend import TrtComponents
+from shanshui.spec.engine_manifest import read_engine_manifest
+from shanshui.spec.folders import default_model_dir, folder_kind
+from shanshui.spec.manifest import MANIFEST, open_exported
+from shanshui.spec.source import model_resolution, open_source
+from shanshui.runtime.lowmem import LowMemComponents
 
 
 @dataclass
@@ -49,111 +49,17 @@ class Result:
     truncated: bool = False
 
 
-def default_model_dir() -> Path:
-    """The model shipped inside the package (its ONNX export)."""
-    from shanshui import models
-
-    path = models.default_model_path()
-    if path is None:
-        raise ShanshuiError("no default model ships with this install yet; pass --model with an export or diffusers folder")
-    return path
-
-
-def _kind(root: Path) -> str:
-    from shanshui.engines.build import ENGINE_MANIFEST
-    from shanshui.export.manifest import MANIFEST
-
-    if not root.is_dir():
-        raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
-    if (root / MANIFEST).is_file():
-        return "onnx"
-    from shanshui.export.foreign import is_foreign_onnx
-
-    if is_foreign_onnx(root):  # Optimum's ONNX layout, no manifest of ours
-        return "onnx"
-    if (root / ENGINE_MANIFEST).is_file():
-        return "engines"
-    if (root / "model_index.json").is_file() and (root / "unet").is_dir():
-        return "diffusers"
-    raise ShanshuiError(f"{root} is neither a shanshui export nor a diffusers folder; make one with `shanshui export` or `shanshui init`")
-
-
 class Pipeline:
-    """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
+    """A loaded model: tokenizer, components on one backend (see runtime.backends), scheduler config and sizes."""
 
-    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool | None = None, memory=None):
-        t0 = time.perf_counter()  # memory: a lowmem.Strategy (ONNX Runtime on the CPU), None: everything resident
-        root = Path(model_dir) if model_dir is not None else default_model_dir()
-        kind, engine_dir = _kind(root), None
-        if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
-            from shanshui.engines.build import read_engine_manifest
-            from shanshui.export.manifest import MANIFEST
-
-            engine_dir, root = root, Path(read_engine_manifest(root)["export"])
-            backend = "tensorrt" if backend == "auto" else backend
-            if not (root / MANIFEST).is_file():
-                raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
-                                    f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
-            kind = "onnx"
-        backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
-        if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
-            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
-        if kind == "diffusers" and backend != "torch":
-            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
-        if precision not in (None, "fp32") and backend != "torch":
-            raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
-                                f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
-        if cuda_graphs and backend == "onnxruntime":
-            raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
-        if memory is not None and (kind != "onnx" or backend != "onnxruntime"):
-            raise ShanshuiError("--low-memory and --max-memory are for ONNX exports on --backend onnxruntime; "
-                                "run `shanshui export` on the model folder and pass the export")
-        self.root, self.backend, self.memory = root, backend, memory
-        if kind == "onnx":
-            from shanshui.export.manifest import open_exported
-
-            exported = open_exported(root)
-            m = exported.manifest
-            self.dims = exported.dims
-            self.default_size = (exported.shapes.height, exported.shapes.width)
-            self.scaling_factor = float(m["vae_scaling_factor"])
-            self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-            if backend == "tensorrt":
-                from shanshui.runtime.trt_backend import TrtComponents
-
-                self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
-            elif memory is not None:
-                from shanshui.runtime.lowmem import LowMemComponents
-
-                self.components = LowMemComponents(exported, memory, device=device, threads=threads)
-            else:
-                self.components = OrtComponents(exported, device=device, threads=threads)
-        else:
-            from shanshui.export.source import model_resolution, open_source
-
-            source = open_source(root)
-            self.dims = source.dims
-            res = model_resolution(root)
-            self.default_size = (res, res)
-            self.scaling_factor = source.vae_scaling_factor
-            self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
-                                                          cuda_graphs=bool(cuda_graphs))
-        with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            self.scheduler = schedules.with_class_defaults(json.load(f))
-        self.load_seconds = time.perf_counter() - t0
-
-    @classmethod
-    def from_parts(cls, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
-                   root: Path | None = None, backend: str = "torch") -> "Pipeline":
-        """A pipeline over components already in memory (e.g. the models being trained)."""
-        self = cls.__new__(cls)
-        self.components, self.tokenizer, self.dims = components, tokenizer, dims
+    def __init__(self, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
+                 root: Path | None = None, backend: str = "torch", load_seconds: float = 0.0, memory=None):
+        """A pipeline over loaded components (open_pipeline loads them from a folder; training passes its own).
+        memory: the runtime.lowmem.Strategy the components run under (None: everything resident)."""
+        self.components, self.tokenizer, self.dims, self.memory = components, tokenizer, dims, memory
         self.scheduler = schedules.with_class_defaults(scheduler)
-        self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
-        self.memory = None
-        return self
+        self.scaling_factor, self.default_size = scaling_factor, size
+        self.root, self.backend, self.load_seconds = root, backend, load_seconds
 
     def validate(self, req: Request) -> tuple[int, int]:
         if not req.prompt or not req.prompt.strip():
@@ -206,13 +112,72 @@ class Pipeline:
 
         t2 = time.perf_counter()
         decoded = self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32))  # (n, 3, H, W)
-        images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
+        images = list(to_uint8(decoded))  # each (H, W, 3)
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
         params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root),
                   "init_image": img2img.init_name(req.init_image)}
-        if getattr(self, "memory", None) is not None:
+        if self.memory is not None:
             params["memory"] = self.memory.name
         if req.init_image is None:
             params.pop("strength")
         return Result(images=images, params=params, timings=timings, truncated=truncated[0])
+
+
+def open_pipeline(model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                  precision: str | None = None, cuda_graphs: bool | None = None, memory=None) -> Pipeline:
+    """Load a model folder (export, engine folder or diffusers folder; default: the shipped model) on a backend
+    (`auto`: the folder's own). Every choice is checked before anything is loaded. memory: a runtime.lowmem.Strategy
+    (ONNX Runtime on the CPU; see --low-memory), None: everything resident."""
+    t0 = time.perf_counter()
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    root, kind, engine_dir, backend = _resolve(root, backend, precision, cuda_graphs)
+    if memory is not None and (kind != "onnx" or backend != "onnxruntime"):
+        raise ShanshuiError("--low-memory and --max-memory are for ONNX exports on --backend onnxruntime; "
+                            "run `shanshui export` on the model folder and pass the export")
+    if kind == "onnx":
+        exported = open_exported(root)
+        m = exported.manifest
+        dims, size = exported.dims, (exported.shapes.height, exported.shapes.width)
+        scaling_factor = float(m["vae_scaling_factor"])
+        tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
+        if backend == "tensorrt":
+            components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+        elif memory is not None:
+            components = LowMemComponents(exported, memory, device=device, threads=threads)
+        else:
+            components = OrtComponents(exported, device=device, threads=threads)
+    else:
+        source = open_source(root)
+        res = model_resolution(root)
+        dims, size, scaling_factor = source.dims, (res, res), source.vae_scaling_factor
+        tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
+        components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
+                                                 cuda_graphs=bool(cuda_graphs))
+    with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+        scheduler = json.load(f)
+    return Pipeline(components, tokenizer, scheduler, dims, scaling_factor, size, root, backend, time.perf_counter() - t0,
+                    memory=memory)
+
+
+def _resolve(root: Path, backend: str, precision: str | None, cuda_graphs: bool | None) -> tuple[Path, str, Path | None, str]:
+    """(model root, 'onnx' or 'diffusers', engine folder or None, backend), or a one-line error for a bad combination."""
+    kind, engine_dir = folder_kind(root), None
+    if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
+        engine_dir, root = root, Path(read_engine_manifest(root)["export"])
+        backend = "tensorrt" if backend == "auto" else backend
+        if not (root / MANIFEST).is_file():
+            raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
+                                f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
+        kind = "onnx"
+    backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
+    if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
+        raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
+    if kind == "diffusers" and backend != "torch":
+        raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
+    if precision not in (None, "fp32") and backend != "torch":
+        raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
+                            f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
+    if cuda_graphs and backend == "onnxruntime":
+        raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
+    return root, kind, engine_dir, backend

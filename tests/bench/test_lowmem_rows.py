@@ -9,7 +9,7 @@ from shanshui.bench.markdown import to_markdown
 from shanshui.bench.plan import Row
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.lowmem import LOW_MEMORY
-from shanshui.runtime.pipeline import default_model_dir
+from shanshui.spec.folders import default_model_dir
 from tests.bench.helpers import fake_report, row
 
 

@@ -7,7 +7,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.export.attention import fuse_attention, fuse_export
 from shanshui.metrics import psnr
 from shanshui.runtime.lowmem import NORMAL, footprint
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,13 @@ def test_every_attention_is_fused_and_agrees(fused, tiny_export):
 
 def test_fused_export_paints_the_same_image(fused, tiny_export):
     req = Request("一棵青松，青山环绕", steps=3, seed=4)
-    a = Pipeline(tiny_export, threads=2)(req).images[0]
-    b = Pipeline(fused[0], threads=2)(req).images[0]
+    a = open_pipeline(tiny_export, threads=2)(req).images[0]
+    b = open_pipeline(fused[0], threads=2)(req).images[0]
     assert psnr(a, b) >= 60.0
 
 
 def test_estimate_drops_the_attention_scores(fused, tiny_export):
-    from shanshui.export.manifest import read_manifest
+    from shanshui.spec.manifest import read_manifest
 
     plain = footprint(tiny_export, read_manifest(tiny_export), NORMAL, 512, 512, 1)["stages_mb"]["unet"]
     fast = footprint(fused[0], fused[1], NORMAL, 512, 512, 1)["stages_mb"]["unet"]

@@ -8,7 +8,8 @@ from shanshui.errors import ShanshuiError
 from shanshui.export.split import split_export
 from shanshui.metrics import psnr
 from shanshui.runtime import lowmem
-from shanshui.runtime.pipeline import Pipeline, Request, default_model_dir
+from shanshui.runtime.pipeline import Request, open_pipeline
+from shanshui.spec.folders import default_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,8 @@ def test_parts_chain_and_share_the_weights(split):
 def test_streamed_paints_the_whole_unets_image(split, tiny_export):
     """fp32: the same kernels on the same weights, cut apart (measured identical); ≥ 50 dB stated."""
     req = Request("一棵青松，青山环绕", steps=2, seed=6)
-    whole = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["sequential+split+tiled-vae"])(req).images[0]
-    pipe = Pipeline(split[0], threads=2, memory=lowmem.BY_NAME["streamed"])
+    whole = open_pipeline(split[0], threads=2, memory=lowmem.BY_NAME["sequential+split+tiled-vae"])(req).images[0]
+    pipe = open_pipeline(split[0], threads=2, memory=lowmem.BY_NAME["streamed"])
     streamed = pipe(req)
     assert psnr(streamed.images[0], whole) >= 50.0
     assert streamed.params["memory"] == "streamed" and pipe.components.resident() == ["vae_decoder"]
@@ -41,11 +42,11 @@ def test_streamed_paints_the_whole_unets_image(split, tiny_export):
 
 def test_low_memory_picks_streamed_only_where_there_are_parts(split):
     assert lowmem.smallest(split[1]).name == "streamed"
-    from shanshui.export.manifest import read_manifest
+    from shanshui.spec.manifest import read_manifest
 
     assert lowmem.smallest(read_manifest(default_model_dir())) == lowmem.LOW_MEMORY
     with pytest.raises(ShanshuiError, match="cut into parts"):
-        Pipeline(None, memory=lowmem.BY_NAME["streamed"])
+        open_pipeline(None, memory=lowmem.BY_NAME["streamed"])
 
 
 def test_bad_part_counts_are_refused(tiny_export, tmp_path):

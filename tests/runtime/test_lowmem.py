@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from shanshui.cli import app
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import read_manifest
+from shanshui.spec.manifest import read_manifest
 from shanshui.metrics import psnr
 from shanshui.runtime import lowmem
-from shanshui.runtime.pipeline import Pipeline, Request, default_model_dir
+from shanshui.runtime.pipeline import Request, open_pipeline
+from shanshui.spec.folders import default_model_dir
 from shanshui.runtime.vae_tiling import decode_tiled, tiling
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
@@ -25,14 +26,14 @@ TILED_PSNR_DB = 35.0  # tiled VAE vs one decode of the same latents (measured 38
 
 @pytest.fixture(scope="module")
 def normal():
-    pipe = Pipeline(None, threads=2)
+    pipe = open_pipeline(None, threads=2)
     return pipe, pipe(REQ).images[0]
 
 
 @pytest.mark.parametrize("strategy", [s for s in lowmem.STRATEGIES if not s.streamed], ids=lambda s: s.name)
 def test_each_strategy_paints_the_normal_image(normal, strategy):
     """Same seed: untiled strategies give the normal image to within rounding (≥ 50 dB); tiled ones ≥ 35 dB."""
-    pipe = Pipeline(None, threads=2, memory=strategy)
+    pipe = open_pipeline(None, threads=2, memory=strategy)
     result = pipe(REQ)
     got = result.images[0]
     assert got.shape == normal[1].shape
@@ -44,7 +45,7 @@ def test_each_strategy_paints_the_normal_image(normal, strategy):
 
 
 def test_sequential_keeps_one_component_resident():
-    pipe = Pipeline(None, threads=2, memory=lowmem.BY_NAME["sequential"])
+    pipe = open_pipeline(None, threads=2, memory=lowmem.BY_NAME["sequential"])
     comps = pipe.components
     assert comps.resident() == []  # nothing is loaded before it is needed
     ids, _ = pipe.tokenizer([PROMPT, ""])
@@ -61,12 +62,12 @@ FREE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     from shanshui.runtime import lowmem
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
     def rss():
         return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
 
-    pipe = Pipeline(None, threads=1, memory=lowmem.BY_NAME[sys.argv[1]])
+    pipe = open_pipeline(None, threads=1, memory=lowmem.BY_NAME[sys.argv[1]])
     comps = pipe.components
     ids, _ = pipe.tokenizer(["a", ""])
     cond = comps.text_encoder(ids)
@@ -95,7 +96,7 @@ def test_freeing_a_component_returns_its_memory():
 
 @pytest.fixture(scope="module")
 def latents_and_decoder():
-    pipe = Pipeline(None, threads=2)
+    pipe = open_pipeline(None, threads=2)
     seen = {}
     decode = pipe.components.vae_decoder
 
@@ -162,7 +163,7 @@ def test_too_small_a_budget_is_refused_before_loading(tmp_path, monkeypatch):
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the budget was checked")
 
-    monkeypatch.setattr(Pipeline, "__init__", no_loading)
+    monkeypatch.setattr("shanshui.cli.generate.open_pipeline", no_loading)
     out = tmp_path / "x.png"
     res = CliRunner().invoke(app, ["generate", PROMPT, "-o", str(out), "--max-memory", "20M"])
     assert res.exit_code == 1

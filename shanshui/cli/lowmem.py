@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 
 from shanshui.errors import ShanshuiError
+from shanshui.export.attention import fuse_export
+from shanshui.spec.manifest import open_exported
+from shanshui.export.split import split_export
 
 
 def lowmem(
@@ -19,10 +22,6 @@ def lowmem(
                                       "(load, run, free each part every step); 0 keeps it whole."),
 ):
     """Make a low-memory export: fused attention and a U-Net cut into parts, for `generate --low-memory`."""
-    from shanshui.export.attention import fuse_export
-    from shanshui.export.manifest import open_exported
-    from shanshui.export.split import split_export
-
     exported = open_exported(export_dir)  # a bad folder fails before anything is written
     if fuse_attention and exported.manifest.get("precision") == "int8":
         # the int8 U-Net quantizes its attention products; fused, they are computed in float, and the shipped model's
