@@ -16,7 +16,7 @@ from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES, TIMESTEP_RULES
 from shanshui.runtime.tokenizer import open_tokenizer
 from shanshui.runtime.trt_backend import TrtComponents
 from shanshui.spec.engine_manifest import read_engine_manifest
@@ -102,7 +102,8 @@ class Pipeline:
             image = img2img.load_init_image(req.init_image, h, w)
             skip = img2img.skipped_steps(req.steps, req.strength)
             x, sigmas = img2img.start(self.components, image, self.scaling_factor, sigmas, skip, n, rng)
-        model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler)
+        model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler,
+                                              TIMESTEP_RULES.get(req.sampler))
         x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
         latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
         timings["denoise_s"] = time.perf_counter() - t1
