@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from shanshui.bench.commands import bench
 from shanshui.data.commands import app as data_app
 from shanshui.engines.commands import app as engine_app
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 from shanshui.export.onnx_export import Precision
 from shanshui.runtime.backends import Backend, Device, TorchPrecision
@@ -40,12 +41,20 @@ class OneLineErrors(TyperGroup):
             code, msg = e.exit_code, f"{e.format_message()}{hint}"
         except ShanshuiError as e:
             code, msg = 1, str(e)
-        except (typer.Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt, limits.Interrupted):
             code, msg = 130, "interrupted"
+        except (OSError, MemoryError) as e:  # a full disk, a read-only folder, no memory left: still one line
+            code, msg = 1, limits.system_error_message(e)
         else:
             return self._exit(rv if isinstance(rv, int) else 0, standalone_mode)
         typer.echo(f"error: {' '.join(msg.split())}", err=True)
         return self._exit(code, standalone_mode)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # typer would turn it into a silent exit 130; temp files are gone by now
+            raise limits.Interrupted() from None
 
     @staticmethod
     def _exit(code: int, standalone_mode: bool) -> int:
@@ -87,6 +96,8 @@ def init(
     """Write a random-weight model folder (diffusers layout) for an architecture."""
     from shanshui.train.arch import init_model
 
+    limits.check_seed(seed)
+    limits.new_folder(out, "model folder")
     summary = init_model(arch.value, out, seed=seed)
     p = summary["parameters"]
     typer.echo(
@@ -195,20 +206,22 @@ def generate(
 
     if strength is not None and init_image is None:
         raise ShanshuiError("--strength is for image-to-image; give the picture with --init-image")
+    threads = limits.check_threads(threads) or default_threads()
+    output = limits.writable_file(output, ".png")
     req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
                   height=height, width=width, sampler=sampler.value, num_images=num_images, init_image=init_image,
                   strength=0.6 if strength is None else strength)
-    if output.suffix.lower() != ".png":
-        raise ShanshuiError(f"output {output} must end in .png")
-    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
-                    precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
-    pipe.validate(req)
+    limits.check_request(req)
+    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads,
+                    precision=precision.value if precision else None, cuda_graphs=cuda_graphs, request=req)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=None, transient=True) as progress:
         task = progress.add_task("sampling", total=steps)
         result = pipe(req, callback=lambda i, n: progress.update(task, completed=i + 1, total=n))
     if result.truncated:
         typer.echo(f"warning: the prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
+    if result.negative_truncated:
+        typer.echo(f"warning: the negative prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
     for i, image in enumerate(result.images):
         path = save_png(numbered(output, i, len(result.images)), image, {**result.params, "seed": seed, "index": i})
         typer.echo(f"wrote {path}")
@@ -231,8 +244,7 @@ def eval_(
     from shanshui.fsutil import write_json_atomic
     from shanshui.train.evaluate import evaluate_model
 
-    if swap_seeds < 0 or swap_seeds > 64:
-        raise ShanshuiError(f"--swap-seeds must be between 0 and 64, got {swap_seeds}")
+    limits.check_eval(prompts, steps, guidance, swap_seeds, grid, json_out, swap_grid)
     report = evaluate_model(model, prompts=prompts, steps=steps, guidance=guidance, grid=grid,
                             progress=lambda s: typer.echo(s, err=True), swap_seeds=swap_seeds, swap_grid=swap_grid)
     typer.echo(f"{'attribute':12s} {'generated':>9s} {'ceiling':>8s} {'chance':>7s}  n")

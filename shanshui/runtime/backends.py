@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import enum
-import os
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +198,7 @@ class TorchComponents:
 
 
 def default_threads() -> int | None:
-    """SHANSHUI_THREADS, else let the runtime decide."""
-    v = os.environ.get("SHANSHUI_THREADS")
-    return int(v) if v and v.isdigit() and int(v) > 0 else None
+    """SHANSHUI_THREADS, else let the runtime decide; a value that is no thread count is an error, never ignored."""
+    from shanshui.limits import env_threads
+
+    return env_threads()

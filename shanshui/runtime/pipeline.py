@@ -10,7 +10,9 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import check_finite
 from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
@@ -47,6 +49,7 @@ class Result:
     params: dict
     timings: dict = field(default_factory=dict)
     truncated: bool = False
+    negative_truncated: bool = False
 
 
 def default_model_dir() -> Path:
@@ -82,7 +85,8 @@ class Pipeline:
     """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
 
     def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool | None = None):
+                 precision: str | None = None, cuda_graphs: bool | None = None, request: Request | None = None):
+        """`request`, when given, is validated against the model before any component loads."""
         t0 = time.perf_counter()
         root = Path(model_dir) if model_dir is not None else default_model_dir()
         kind, engine_dir = _kind(root), None
@@ -116,6 +120,9 @@ class Pipeline:
             self.default_size = (exported.shapes.height, exported.shapes.width)
             self.scaling_factor = float(m["vae_scaling_factor"])
             self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
+            self.size_range = (exported.shapes.min_size, exported.shapes.max_size)
+            if request is not None:
+                self.validate(request)
             if backend == "tensorrt":
                 from shanshui.runtime.trt_backend import TrtComponents
 
@@ -131,6 +138,9 @@ class Pipeline:
             self.default_size = (res, res)
             self.scaling_factor = source.vae_scaling_factor
             self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
+            self.size_range = limits.DEFAULT_SIZE_RANGE
+            if request is not None:
+                self.validate(request)
             self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
                                                           cuda_graphs=bool(cuda_graphs))
         with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
@@ -148,27 +158,24 @@ class Pipeline:
         return self
 
     def validate(self, req: Request) -> tuple[int, int]:
-        if not req.prompt or not req.prompt.strip():
-            raise ShanshuiError("the prompt is empty; describe the painting, e.g. 「一棵青松，青山环绕，云雾缭绕」")
+        limits.check_request(req)
         if req.sampler not in SAMPLERS:
             raise ShanshuiError(f"unknown sampler {req.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= req.steps <= 1000:
-            raise ShanshuiError(f"steps must be between 1 and 1000, got {req.steps}")
-        if not 0 <= req.guidance <= 50:
-            raise ShanshuiError(f"guidance must be between 0 and 50, got {req.guidance}")
-        if not 1 <= req.num_images <= 16:
-            raise ShanshuiError(f"num-images must be between 1 and 16, got {req.num_images}")
         if req.init_image is not None:
             img2img.skipped_steps(req.steps, req.strength)  # checks the strength
-        h = req.height or self.default_size[0]
-        w = req.width or self.default_size[1]
+        h = self.default_size[0] if req.height is None else req.height
+        w = self.default_size[1] if req.width is None else req.width
         m = self.dims.size_multiple
         for name, v in (("height", h), ("width", w)):
             if v <= 0 or v % 8:
                 raise ShanshuiError(f"{name} {v} is not a positive multiple of 8; try {max(8, round(v / 8) * 8)}")
             if v % m:
                 raise ShanshuiError(f"{name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
+            limits.check_size(name, v, m, *getattr(self, "size_range", (m, max(v, *self.default_size))), f"model {self.label()}")
         return h, w
+
+    def label(self) -> str:
+        return Path(self.root).name if self.root is not None else "in memory"
 
     def __call__(self, req: Request, callback: Callable[[int, int], None] | None = None) -> Result:
         h, w = self.validate(req)
@@ -176,7 +183,7 @@ class Pipeline:
         t0 = time.perf_counter()
         n = req.num_images
         ids, truncated = self.tokenizer([req.prompt] * n + [req.negative_prompt] * n)
-        emb = self.components.text_encoder(ids)  # (2n, L, D)
+        emb = check_finite("text encoder", self.components.text_encoder(ids))  # (2n, L, D)
         cond, uncond = emb[:n], emb[n:]
         timings["text_encoder_s"] = time.perf_counter() - t0
 
@@ -192,12 +199,12 @@ class Pipeline:
             x, sigmas = img2img.start(self.components, image, self.scaling_factor, sigmas, skip, n, rng)
         model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler)
         x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
-        latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
+        latents = check_finite("U-Net", x) / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
         timings["denoise_s"] = time.perf_counter() - t1
         timings["unet_calls"] = model.calls
 
         t2 = time.perf_counter()
-        decoded = self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32))  # (n, 3, H, W)
+        decoded = check_finite("VAE decoder", self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32)))
         images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
@@ -205,4 +212,4 @@ class Pipeline:
                   "init_image": img2img.init_name(req.init_image)}
         if req.init_image is None:
             params.pop("strength")
-        return Result(images=images, params=params, timings=timings, truncated=truncated[0])
+        return Result(images=images, params=params, timings=timings, truncated=truncated[0], negative_truncated=truncated[n])
