@@ -40,7 +40,11 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
 
 
 def write_json_atomic(final: Path, obj: object) -> None:
-    write_bytes_atomic(final, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """Strict JSON: a non-finite float (an infinite PSNR of identical images) is written as null, never NaN."""
+    from shanshui.integrity import finite_json
+
+    text = json.dumps(finite_json(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    write_bytes_atomic(final, (text + "\n").encode("utf-8"))
 
 
 def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:

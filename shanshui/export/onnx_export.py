@@ -28,7 +28,9 @@ from shanshui.export.graph_check import check_onnx
 from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
 from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
+from shanshui import limits
 from shanshui.fsutil import umask, write_json_atomic
+from shanshui.integrity import component_intact, record_files, remove_stale_temps
 from shanshui.runtime.clip_bpe import special_tokens
 
 OPSET = 17
@@ -204,10 +206,11 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
                 )
             errors.append({"output": t.name, "shape": list(g.shape), "max_abs_error": err, "allowed": allowed})
     del session, module
-    files = sorted(p.name for p in folder.iterdir())
+    sizes, hashes = record_files(folder, sorted(p.name for p in folder.iterdir()))
     return {
         "file": f"{spec.name}/model.onnx",
-        "files": {f: (folder / f).stat().st_size for f in files},
+        "files": sizes,
+        "sha256": hashes,
         "inputs": [asdict(t) for t in spec.inputs],
         "outputs": [asdict(t) for t in spec.outputs],
         "profile": {k: [list(s) for s in v] for k, v in spec.profile(source.dims, shapes).items()},
@@ -264,6 +267,7 @@ def export_model(
     """
     if precision not in {p.value for p in Precision}:
         raise ShanshuiError(f"precision {precision!r} is not available; choose one of {', '.join(p.value for p in Precision)}")
+    limits.check_export(height, width, max_batch)
     if precision != Precision.fp32.value:
         from shanshui.quantize import quantize_export
 
@@ -271,28 +275,25 @@ def export_model(
         export_model(model_dir, out / ".fp32", "fp32", height, width, max_batch, on_event)
         return quantize_export(out / ".fp32", out, precision, check=check, on_event=on_event, int8_target=int8_target)
     source = open_source(model_dir)
-    _require_torch()
     res = model_resolution(source.root)
-    h, w = height or res, width or res
+    h, w = (res if height is None else height), (res if width is None else width)
     shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
     shapes.check(source.dims)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(source.root, precision)
-    if out.exists() and not out.is_dir():
-        raise ShanshuiError(f"{out} exists and is not a folder; choose another output folder")
+    out = limits.new_folder(Path(out_dir) if out_dir is not None else default_out_dir(source.root, precision))
+    specs = components(source.dims)
+    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in specs}  # refuses pickles, cut files
+    _require_torch()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
+    remove_stale_temps(out, [*specs, MANIFEST])
     old = read_manifest(out) or {}
-    specs = components(source.dims)
-    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in specs}
     keys = {n: {"source_hash": hashes[n], "precision": precision, "opset": OPSET, "shapes": asdict(shapes)} for n in specs}
 
     def still_valid(name: str) -> bool:
         prev = old.get("components", {}).get(name)
-        return bool(prev) and prev.get("key") == keys[name] and all(
-            (out / name / f).is_file() and (out / name / f).stat().st_size == size for f, size in prev["files"].items()
-        )
+        return bool(prev) and prev.get("key") == keys[name] and component_intact(out, name, prev)
 
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -12,6 +12,7 @@ from pathlib import Path
 from shanshui.errors import ShanshuiError
 from shanshui.export.contract import ModelDims
 from shanshui.fsutil import sha256_files
+from shanshui.integrity import check_safetensors
 
 REQUIRED = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 
@@ -48,6 +49,8 @@ class SourceModel:
             pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.ckpt"))
             hint = f" (found {', '.join(pickles)}: pickle weights are never loaded; convert them to safetensors)" if pickles else ""
             raise ShanshuiError(f"no .safetensors weights in {folder}{hint}")
+        for f in files:
+            check_safetensors(f)
         return files
 
     def component_hash(self, component: str) -> str:

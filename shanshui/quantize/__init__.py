@@ -16,7 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import component_intact, record_files, remove_stale_temps
 
 PRECISIONS = ("fp16", "int8")
 INT8_TARGETS = ("cpu", "tensorrt")
@@ -51,7 +53,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
 
     if precision not in PRECISIONS:
         raise ShanshuiError(f"precision {precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
-    src, out = Path(src), Path(out)
+    src, out = Path(src), limits.new_folder(Path(out))
     source = open_exported(src)
     if source.manifest["precision"] != "fp32":
         raise ShanshuiError(f"{src} is a {source.manifest['precision']} export; quantize from an fp32 export")
@@ -64,7 +66,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
            "calibration": [list(CALIBRATION_PROMPTS), list(CALIBRATION_SEEDS), CALIBRATION_STEPS],
            "source": {c: e["key"] for c, e in source.manifest["components"].items()}}
     old = read_manifest(out) if out.is_dir() else None
-    if old and old.get("quantize_key") == key and all((out / c / f).is_file() for c, e in old["components"].items() for f in e["files"]):
+    if old and old.get("quantize_key") == key and all(component_intact(out, c, e) for c, e in old["components"].items()):
         for c in old["components"]:
             on_event(c, "skip")
         return {**old, "out_dir": str(out)}
@@ -72,6 +74,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
+    remove_stale_temps(out, ["candidate-"])
 
     manifest = copy.deepcopy(source.manifest)
     manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
@@ -97,7 +100,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
                 files, info = _keep_fp32(src, tmp, name, entry, f"{precision} outputs overflowed (inf/nan); kept fp32")
                 on_event(name, info["reason"])
             check_onnx(tmp / entry["file"])
-            entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
+            entry["files"], entry["sha256"] = record_files(tmp / name, files)
             manifest["quantization"][name] = info
         manifest["files_bytes"] = {n: sum(e["files"].values()) for n, e in manifest["components"].items()}
         write_json_atomic(tmp / MANIFEST, manifest)  # the candidate is a loadable export from here on
