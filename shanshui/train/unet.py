@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 
 SAMPLE_PROMPTS = [
@@ -128,12 +129,14 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     import torch
     from diffusers import AutoencoderKL
 
-    from shanshui.train.arch import build_components, count_parameters, write_model_index
+    from shanshui.train.arch import ARCHS, build_components, count_parameters, write_model_index
     from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator, read_examples
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
     from shanshui.weights import load_strict, save_text_encoder
 
+    limits.check_train(cfg, "unet", ARCHS)
+    limits.new_folder(Path(out), "pipeline folder")
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
     if not 0 <= cfg.ema_decay < 1 or cfg.warmup < 0 or cfg.text_pretrain_steps < 0:
@@ -146,8 +149,8 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     if not (vae_dir / "config.json").is_file():
         raise ShanshuiError(f"{vae_dir} is not a trained VAE folder; run `shanshui train vae DATA OUT` first")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     examples = read_examples(data)
+    out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device
     vae = load_strict(AutoencoderKL, vae_dir, "VAE", use_safetensors=True).to(device).eval().requires_grad_(False)

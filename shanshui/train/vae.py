@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 
 
@@ -34,6 +35,7 @@ class VaeConfig:
 
 
 def _check(cfg: VaeConfig) -> None:
+    limits.check_train(cfg, "vae")
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
     if cfg.crop % 8 or cfg.crop > cfg.size:
@@ -91,7 +93,7 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
     from shanshui.train.common import LossLog, lr_at, make_accelerator, read_examples, to_tensor
 
     _check(cfg)
-    out = Path(out)
+    out = limits.new_folder(Path(out), "VAE folder")
     examples = read_examples(data)
     if len(examples) <= cfg.held_out:
         raise ShanshuiError(f"{data} has {len(examples)} images; the VAE needs more than the {cfg.held_out} held out")
