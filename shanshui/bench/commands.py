@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from shanshui.bench.plan import DEFAULT_PROMPT, BenchBackend, BenchPrecision, Peer
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.backends import Device
 
@@ -58,6 +59,7 @@ def bench(
         raise ShanshuiError(f"--min-time must be zero or more seconds, got {min_time}")
     if timeout is not None and timeout <= 0:
         raise ShanshuiError(f"--timeout must be positive, got {timeout}")
+    limits.check_bench(seed, guidance, threads, steps, prompt, size)
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
     if load is not None:
         report = load_report(load)

@@ -37,7 +37,10 @@ def build(
 ):
     """Build (or reuse) TensorRT engines for text encoder, U-Net and VAE decoder on this GPU."""
     from shanshui.engines.build import build_engines, describe
+    from shanshui.limits import check_float
 
+    if workspace_gib is not None:
+        check_float("--workspace-gib", workspace_gib, 0.0, 4096.0, lo_open=True, hint="e.g. 4")
     manifest = build_engines(
         export_dir, out, precision=precision.value, shapes=shapes, dynamic=dynamic,
         workspace_bytes=int(workspace_gib * 2**30) if workspace_gib else None,
