@@ -225,3 +225,59 @@ def check_bench(seed: int, guidance: float, threads: int | None, steps: int | No
             v = int(part)
             if not EXPORT_SIZE[0] <= v <= EXPORT_SIZE[1]:
                 raise ShanshuiError(f"--size {v} is outside {EXPORT_SIZE[0]}..{EXPORT_SIZE[1]}; bench sizes like 256,512")
+
+
+# Activation memory of one image, in bytes, from its latent pixel count P = h·w (measured on the shipped model with
+# ONNX Runtime, peak RSS over the loaded model at 256/512/768 px: 73/356/1156 MB). The P² term is the VAE decoder's
+# single-head attention over all latent pixels (≈ two float32 P×P maps live at once), present in every SD-style VAE;
+# the linear term is the convolution activations. A lower bound for larger U-Nets.
+BYTES_PER_LATENT_PIXEL = 56_000
+BYTES_PER_LATENT_PIXEL_SQ = 7.5
+
+
+def activation_bytes(num_images: int, height: int, width: int, vae_scale: int = 8) -> int:
+    p = (height // vae_scale) * (width // vae_scale)
+    return int(num_images * (BYTES_PER_LATENT_PIXEL * p + BYTES_PER_LATENT_PIXEL_SQ * p * p))
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still use: MemAvailable, lowered by a cgroup limit or an address-space ulimit."""
+    import resource
+
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if raw.isdigit():
+            found.append(int(raw) - used)
+    except (OSError, ValueError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            vm = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            found.append(soft - vm)
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
+
+
+def check_memory(num_images: int, height: int, width: int, vae_scale: int, multiple: int, lo: int) -> None:
+    """Refuse a request whose activations cannot fit, before anything is allocated; name the largest size that fits."""
+    need, have = activation_bytes(num_images, height, width, vae_scale), available_bytes()
+    if have is None or need <= have:
+        return
+    side = max(height, width)
+    fits = next((s for s in range(side - side % multiple, lo - 1, -multiple)
+                 if activation_bytes(num_images, s * height // side, s * width // side, vae_scale) <= have), None)
+    per = activation_bytes(1, height, width, vae_scale)
+    hint = f"the largest that fits is about {fits * height // side}x{fits * width // side}" if fits else "no size fits"
+    raise ShanshuiError(f"{num_images} image(s) of {height}x{width} need about {need / 2**30:.1f} GiB of activation "
+                        f"memory and about {max(have, 0) / 2**30:.1f} GiB is free; {hint} for {num_images} image(s)"
+                        f", or make {max(0, have // per)} image(s) at this size")

@@ -111,6 +111,7 @@ class Pipeline:
         if cuda_graphs and backend == "onnxruntime":
             raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
         self.root, self.backend = root, backend
+        self.host_memory = backend != "tensorrt" and device != "cuda"  # activations live in this machine's memory
         if kind == "onnx":
             from shanshui.export.manifest import open_exported
 
@@ -172,6 +173,8 @@ class Pipeline:
             if v % m:
                 raise ShanshuiError(f"{name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
             limits.check_size(name, v, m, *getattr(self, "size_range", (m, max(v, *self.default_size))), f"model {self.label()}")
+        if getattr(self, "host_memory", False):
+            limits.check_memory(req.num_images, h, w, self.dims.vae_scale, m, getattr(self, "size_range", (m,))[0])
         return h, w
 
     def label(self) -> str:

@@ -10,7 +10,6 @@ re-sampled every step; flips are applied to latents. OUT is a diffusers StableDi
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import write_json_atomic
 
 SAMPLE_PROMPTS = [
     "一棵青松，青山环绕，云雾缭绕",
@@ -175,7 +175,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
 
         report = pretrain_text_encoder(text_encoder, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed, device=device,
                                        progress=lambda i, n, loss: progress and progress("text encoder pre-training", i, n, loss))
-        (out / "text_pretrain.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "text_pretrain.json", report)  # strict: a NaN loss becomes null
 
     modules = {"text_encoder": text_encoder.train(), "unet": unet.train()}
     opt = torch.optim.AdamW([
@@ -233,7 +233,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         vae.save_pretrained(out / "vae", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
         write_model_index(out)
-        (out / "shanshui.json").write_text(json.dumps({"arch": cfg.arch, "resolution": cfg.size, **summary}, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "shanshui.json", {"arch": cfg.arch, "resolution": cfg.size, **summary})
         if (vae_dir / "report.json").is_file():
             shutil.copy2(vae_dir / "report.json", out / "vae_report.json")
     return summary

@@ -6,7 +6,6 @@ latents (so the U-Net sees unit-variance inputs) and reconstruction PSNR/SSIM on
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import write_json_atomic
 
 
 @dataclass
@@ -149,5 +149,5 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
         from shanshui.train.common import save_grid
 
         save_grid([im for pair in zip(held[:8], rec[:8]) for im in pair], out / "reconstructions.png", cols=4)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "report.json", report)  # strict: a NaN loss becomes null
     return report
