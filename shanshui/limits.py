@@ -112,6 +112,21 @@ def check_request(req) -> None:
             raise ShanshuiError(f"{name} {v} must be a positive number of pixels (leave it out for the model's size)")
     if req.init_image is not None:
         check_float("strength", req.strength, 0.0, 1.0, lo_open=True, hint="low keeps the picture, high repaints it")
+    if isinstance(req.init_image, (str, Path)):
+        readable_image(Path(req.init_image), "init image")
+
+
+def readable_image(path: Path, what: str) -> None:
+    """An image file that exists and whose structure is whole (PIL verify: no decoding), checked before models load."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise ShanshuiError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ShanshuiError(f"cannot read {what} {path} ({type(e).__name__}); give a PNG or JPEG") from None
 
 
 def writable_file(path: Path, suffix: str | None = None, what: str = "output") -> Path:

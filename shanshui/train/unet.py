@@ -126,16 +126,10 @@ def _pipeline_for(text_encoder, unet, vae, tokenizer_dir: Path, scheduler, cfg: 
 def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
                progress: Callable[[str, int, int, float], None] | None = None) -> dict:
     """Train (or resume) text encoder + U-Net; writes a diffusers pipeline folder at `out`. Returns a summary."""
-    import torch
-    from diffusers import AutoencoderKL
+    from shanshui.train.arch import ARCHS
+    from shanshui.train.common import read_examples
 
-    from shanshui.train.arch import ARCHS, build_components, count_parameters, write_model_index
-    from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator, read_examples
-    from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
-    from shanshui.weights import load_strict, save_text_encoder
-
-    limits.check_train(cfg, "unet", ARCHS)
+    limits.check_train(cfg, "unet", ARCHS)  # every check, and the data, before torch is even imported
     limits.new_folder(Path(out), "pipeline folder")
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
@@ -150,6 +144,15 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         raise ShanshuiError(f"{vae_dir} is not a trained VAE folder; run `shanshui train vae DATA OUT` first")
     out = Path(out)
     examples = read_examples(data)
+    import torch
+    from diffusers import AutoencoderKL
+
+    from shanshui.train.arch import build_components, count_parameters, write_model_index
+    from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator
+    from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+    from shanshui.weights import load_strict, save_text_encoder
+
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device

@@ -85,18 +85,20 @@ def vae_loss(vae, batch, kl_weight: float):
 
 def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train (or resume) a VAE; writes a diffusers AutoencoderKL folder at `out` plus report.json. Returns the report."""
+    from shanshui.train.common import read_examples
+
+    _check(cfg)  # every check, and the data, before torch is even imported
+    out = limits.new_folder(Path(out), "VAE folder")
+    examples = read_examples(data)
+    if len(examples) <= cfg.held_out:
+        raise ShanshuiError(f"{data} has {len(examples)} images; the VAE needs more than the {cfg.held_out} held out")
     import torch
 
     from shanshui.metrics import psnr, ssim
     from shanshui.train.arch import build_components
     from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from shanshui.train.common import LossLog, lr_at, make_accelerator, read_examples, to_tensor
+    from shanshui.train.common import LossLog, lr_at, make_accelerator, to_tensor
 
-    _check(cfg)
-    out = limits.new_folder(Path(out), "VAE folder")
-    examples = read_examples(data)
-    if len(examples) <= cfg.held_out:
-        raise ShanshuiError(f"{data} has {len(examples)} images; the VAE needs more than the {cfg.held_out} held out")
     held = load_images([e.image for e in examples[: cfg.held_out]], cfg.size)
     train = load_images([e.image for e in examples[cfg.held_out : cfg.held_out + cfg.max_images]], cfg.size)
 
