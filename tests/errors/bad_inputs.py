@@ -88,6 +88,8 @@ def make_bad_inputs(root: Path) -> dict[str, Path]:
     f["AFILE"] = root / "afile"
     (root / "empty").mkdir()
     f["EMPTY"] = root / "empty"
+    (root / "folder.png").mkdir()
+    f["DIRPNG"] = root / "folder.png"
     f["MISSING"] = root / "no-such-folder"
     f["NOTPNG"] = root / "notpng.png"
     f["NOTPNG"].write_text("hello", encoding="utf-8")

@@ -46,7 +46,7 @@ CASES = [
     ("gen-negative-huge", G + ["-n", LONG], None, "negative"),
     ("gen-output-jpg", G + ["-o", "{T}/x.jpg"], None, ".png"),
     ("gen-output-under-file", G + ["-o", "{AFILE}/x.png"], None, "write"),
-    ("gen-output-is-folder", G + ["-o", "{EMPTY}"], None, "folder"),
+    ("gen-output-is-folder", G + ["-o", "{DIRPNG}"], None, "folder"),
     ("gen-strength-without-init", G + ["--strength", "0.5"], None, "init-image"),
     ("gen-init-missing", G + ["--init-image", "{T}/nope.png"], None, "nope.png"),
     ("gen-init-truncated", G + ["--init-image", "{TRUNCPNG}"], None, "trunc.png"),
