@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +56,9 @@ def optimum(export: str) -> dict:
     theirs = _to_u8(pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=noise, output_type="np").images)
     row["txt2img_psnr_db"] = psnr(ours(Request(PROMPT, steps=STEPS, guidance=GUIDANCE, seed=SEED)).images[0], theirs)
 
+    if not (Path(export) / "vae_encoder").is_dir():
+        row["img2img_psnr_db"] = "n/a (no vae_encoder/)"
+        return row
     init = sketch(h, w)
     pipe = ORTStableDiffusionImg2ImgPipeline.from_pretrained(export)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)

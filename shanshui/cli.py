@@ -18,6 +18,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.export.onnx_export import Precision
 from shanshui.runtime.backends import Backend, Device, TorchPrecision
 from shanshui.runtime.samplers import Sampler
+from shanshui.serve.command import serve
 from shanshui.train.arch import Arch
 from shanshui.train.commands import app as train_app
 
@@ -76,6 +77,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(engine_app, name="engine")
 app.command()(bench)
+app.command()(serve)
 
 
 class Int8Target(str, enum.Enum):

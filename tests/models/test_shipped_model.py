@@ -38,6 +38,14 @@ def test_shipped_export_passed_its_gate_and_says_what_it_is():
     assert not build_paths  # nothing of the machine it was built on
 
 
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_shipped_graphs_pass_onnx_checker(component):
+    pytest.importorskip("onnx")  # in the dev extra; the lean runtime does not need it
+    from shanshui.export.graph_check import check_onnx
+
+    check_onnx(DEFAULT_ONNX / component / "model.onnx")  # topologically sorted, full check
+
+
 def test_generate_without_a_model_uses_the_shipped_export():
     from shanshui.runtime.pipeline import Pipeline, Request
 
