@@ -41,15 +41,15 @@ def max_threads() -> int:
 
 def check_int(name: str, v: int, lo: int, hi: int, hint: str = "") -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise ShanshuiError(f"{name} must be a whole number from {lo} to {hi}, got {v}{'; ' + hint if hint else ''}")
+        raise ShanshuiError(f"{name} must be between {lo} and {hi}, got {v}{'; ' + hint if hint else ''}")
     return v
 
 
 def check_float(name: str, v: float, lo: float, hi: float, lo_open: bool = False, hint: str = "") -> float:
     ok = isinstance(v, (int, float)) and math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi
     if not ok:
-        span = f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]"
-        raise ShanshuiError(f"{name} must be a finite number in {span}, got {v}{'; ' + hint if hint else ''}")
+        span = f"in ({lo:g}, {hi:g}]" if lo_open else f"between {lo:g} and {hi:g}"
+        raise ShanshuiError(f"{name} must be {span}, got {v}{'; ' + hint if hint else ''}")
     return float(v)
 
 

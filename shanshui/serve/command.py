@@ -42,7 +42,9 @@ def serve(
     from shanshui.runtime.backends import default_threads
     from shanshui.runtime.pipeline import Pipeline
 
-    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
+    from shanshui.limits import check_threads
+
+    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=check_threads(threads) or default_threads(),
                     precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
     app = create_app(pipe, Settings(max_queue=max_queue, api_key=api_key, timeout_s=timeout, cors_origins=cors_origin or []))
     if warning:

@@ -170,4 +170,14 @@ CASES = [
     ("bench-compare-not-report", B + ["--compare", "{AFILE}"], None, "afile"),
     ("bench-load-missing", ["bench", "--load", "{T}/nope.json"], None, "nope.json"),
     ("bench-threads-env-abc", B, {"SHANSHUI_THREADS": "abc"}, "SHANSHUI_THREADS"),
+    # serve (each would otherwise start listening; the case's time limit would catch that)
+    ("serve-threads-huge", ["serve", "--threads", "100000", "--port", "1"], None, "threads"),
+    ("serve-threads-env-abc", ["serve", "--port", "1"], {"SHANSHUI_THREADS": "abc"}, "SHANSHUI_THREADS"),
+    ("serve-port-0", ["serve", "--port", "0"], None, "port"),
+    ("serve-port-huge", ["serve", "--port", "70000"], None, "port"),
+    ("serve-public-without-key", ["serve", "--host", "0.0.0.0", "--port", "1"], None, "api-key"),
+    ("serve-api-key-short", ["serve", "--api-key", "abc", "--port", "1"], None, "api-key"),
+    ("serve-max-queue-0", ["serve", "--max-queue", "0", "--port", "1"], None, "max-queue"),
+    ("serve-manifest-list", ["serve", "-m", "{M_LIST}", "--port", "1"], None, "manifest"),
+    ("serve-unet-overwritten", ["serve", "-m", "{CORRUPT_UNET}", "--port", "1"], None, "unet"),
 ]

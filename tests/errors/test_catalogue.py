@@ -54,7 +54,7 @@ def test_catalogue_is_large_and_covers_every_command():
     commands = {tuple(a for a in args[:2] if not a.startswith(("{", "-")) and a.isascii() and a.isalpha())[:1]
                 for _, args, _, _ in CASES}
     assert {("generate",), ("export",), ("quantize",), ("eval",), ("init",), ("data",), ("train",), ("engine",),
-            ("bench",)} <= commands
+            ("bench",), ("serve",)} <= commands
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
