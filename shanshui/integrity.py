@@ -165,11 +165,12 @@ def component_intact(root: Path, name: str, entry: dict) -> bool:
 def remove_stale_temps(out: Path, names: list[str]) -> list[Path]:
     """Remove `.NAME.*` temp files and folders a killed run of the same command left in `out` (NAME may end in `-`:
     then `.NAME*`)."""
+    import glob
     import shutil
 
     removed = []
     for name in names:
-        for p in Path(out).glob(f".{name}*" if name.endswith("-") else f".{name}.*"):
+        for p in Path(out).glob(f".{glob.escape(name)}*" if name.endswith("-") else f".{glob.escape(name)}.*"):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -180,11 +180,11 @@ def system_error_message(e: BaseException) -> str:
     """One line for an OSError or MemoryError that escaped the checks (a disk filled up, a mount is read-only)."""
     if isinstance(e, MemoryError):
         return "out of memory; try a smaller size, fewer images or a smaller batch"
-    what = f" {e.filename}" if getattr(e, "filename", None) else ""
+    what = f" ({e.filename})" if getattr(e, "filename", None) else ""
     hints = {28: "free some space or choose another folder", 30: "the file system is read-only; choose another folder",
              13: "choose a folder you can write to", 122: "free some space or choose another folder"}
     reason = e.strerror or str(e) or type(e).__name__
-    return f"cannot use{what}: {reason}; {hints.get(getattr(e, 'errno', None), 'check the path and try again')}"
+    return f"{reason}{what}; {hints.get(getattr(e, 'errno', None), 'check the path and try again')}"
 
 
 def check_eval(prompts: int, steps: int, guidance: float, swap_seeds: int, grid, json_out, swap_grid) -> None:

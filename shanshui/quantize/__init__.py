@@ -70,6 +70,7 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         for c in old["components"]:
             on_event(c, "skip")
         return {**old, "out_dir": str(out)}
+    created = not out.exists()  # a refused or failed run removes the OUT it made (see the end)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -124,6 +125,8 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         write_json_atomic(out / MANIFEST, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
     return {**manifest, "out_dir": str(out)}
 
 

@@ -127,6 +127,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     except ImportError:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
     from shanshui.export.onnx_export import quiet_hf
+    from shanshui.integrity import remove_stale_temps
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
     from shanshui.weights import save_text_encoder
 
@@ -134,6 +135,7 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     spec = ARCHS[arch]
     text_encoder, unet, vae, scheduler = build_components(arch, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, [out.name])  # of a killed `shanshui init` into the same folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_text_encoder(text_encoder, tmp / "text_encoder")  # key names transformers 4.x and 5.x both read

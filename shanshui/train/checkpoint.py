@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import remove_stale_temps
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
@@ -26,6 +27,7 @@ def save_checkpoint(root: Path, step: int, modules: dict, optimizer, ema=None, e
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root, ["step-"])  # .step-* folders of a killed run
     final = root / f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:

@@ -154,3 +154,10 @@ def test_export_repairs_damage_and_clears_stale_temps(tiny_model, tiny_export, t
     assert not stale.exists()
     verify_component(out, "unet", m["components"]["unet"])
     assert (out / "shanshui_manifest.json").stat().st_ino != (tiny_export / "shanshui_manifest.json").stat().st_ino
+
+
+def test_atomic_writes_clear_their_stale_temps(tmp_path):
+    (tmp_path / ".r.json.k1ll3d.tmp").write_text("{")  # left by a run killed while writing r.json
+    (tmp_path / ".other.json.k1ll3d.tmp").write_text("{")
+    write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.k1ll3d.tmp", "r.json"]
