@@ -1,7 +1,7 @@
 """Every range a user can hit, in one place, with the checks that turn a bad value into a one-line ShanshuiError.
 
 The CLI, the library and (later) the server call these before any expensive work. Image sizes come from the
-export's manifest (its shapes: min_size..max_size); a diffusers folder gets the contract's default range.
+export's manifest (up to its max_size; min_size is the TensorRT profile's); a diffusers folder gets the contract's default max.
 Torch-free and cheap: nothing here loads a model.
 """
 
@@ -24,7 +24,7 @@ RENDER_COUNT = (1, 10_000_000)
 TRAIN_STEPS = (1, 10_000_000)
 BATCH = (1, 4096)
 SWAP_SEEDS = (0, 64)
-DEFAULT_SIZE_RANGE = (128, 1024)  # the contract's ShapeSettings defaults: what a diffusers folder is allowed
+DEFAULT_MAX_SIZE = 1024  # the contract's ShapeSettings default max_size: the largest side a diffusers folder paints
 EXPORT_MAX_BATCH = 64
 
 
@@ -161,7 +161,7 @@ def new_folder(path: Path, what: str = "output folder") -> Path:
     return path
 
 
-EXPORT_SIZE = (64, 2048)
+EXPORT_SIZE = (8, 2048)
 
 
 def check_export(height: int | None, width: int | None, max_batch: int) -> None:

@@ -111,7 +111,6 @@ def _validate(out: Path, count: int, size: int, seed: int, workers: int | None, 
         raise ShanshuiError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r}); leave it out to mix them")
     if not 0.0 <= p_empty <= 1.0:  # NaN fails this too
         raise ShanshuiError(f"--p-empty must be between 0 and 1 (got {p_empty})")
-    limits.new_folder(out, "data set folder")
     limits.check_seed(seed)
     try:
         (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)

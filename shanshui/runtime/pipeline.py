@@ -121,7 +121,7 @@ class Pipeline:
             self.default_size = (exported.shapes.height, exported.shapes.width)
             self.scaling_factor = float(m["vae_scaling_factor"])
             self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-            self.size_range = (exported.shapes.min_size, exported.shapes.max_size)
+            self.size_range = (self.dims.size_multiple, exported.shapes.max_size)  # min_size is TensorRT's, ORT runs smaller
             if request is not None:
                 self.validate(request)
             if backend == "tensorrt":
@@ -139,7 +139,7 @@ class Pipeline:
             self.default_size = (res, res)
             self.scaling_factor = source.vae_scaling_factor
             self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.size_range = limits.DEFAULT_SIZE_RANGE
+            self.size_range = (self.dims.size_multiple, limits.DEFAULT_MAX_SIZE)
             if request is not None:
                 self.validate(request)
             self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",

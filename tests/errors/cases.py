@@ -26,7 +26,7 @@ CASES = [
     ("gen-height-65536", G + ["--height", "65536"], None, "height"),
     ("gen-2048x2048", G + ["--height", "2048", "--width", "2048"], None, "1024"),
     ("gen-height-not-multiple", G + ["--height", "100"], None, "multiple"),
-    ("gen-height-below-min", G + ["--height", "64"], None, "128"),
+    ("gen-height-below-stride", G + ["--height", "16"], None, "multiple of 32"),
     ("gen-steps-0", G + ["--steps", "0"], None, "steps"),
     ("gen-steps-huge", G + ["--steps", "100000"], None, "steps"),
     ("gen-guidance-nan", G + ["--guidance", "nan"], None, "guidance"),
