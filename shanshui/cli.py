@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -43,6 +44,8 @@ class OneLineErrors(TyperGroup):
         except ShanshuiError as e:
             code, msg = 1, str(e)
         except (typer.Abort, KeyboardInterrupt, limits.Interrupted):
+            if standalone_mode:  # a second Ctrl-C (or one torch re-delivers) must not cut the exit short
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             code, msg = 130, "interrupted"
         except (OSError, MemoryError) as e:  # a full disk, a read-only folder, no memory left: still one line
             code, msg = 1, limits.system_error_message(e)
