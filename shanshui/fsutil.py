@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -44,8 +45,6 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
 
 def write_json_atomic(final: Path, obj: object) -> None:
     """Strict JSON: a non-finite float (an infinite PSNR of identical images) is written as null, never NaN."""
-    from shanshui.integrity import finite_json
-
     text = json.dumps(finite_json(obj), indent=2, ensure_ascii=False, allow_nan=False)
     write_bytes_atomic(final, (text + "\n").encode("utf-8"))
 
@@ -59,3 +58,14 @@ def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def finite_json(obj: object) -> object:
+    """`obj` with non-finite floats replaced by None (JSON has no NaN or Infinity), for reports we write."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

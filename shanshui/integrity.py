@@ -78,17 +78,6 @@ def loads_strict(text: str | bytes, what: str) -> object:
         raise ShanshuiError(f"{what} is corrupt ({str(e).splitlines()[0][:80]}); delete it and write it again") from None
 
 
-def finite_json(obj: object) -> object:
-    """`obj` with non-finite floats replaced by None (JSON has no NaN or Infinity), for reports we write."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
 def check_finite(stage: str, x: np.ndarray) -> np.ndarray:
     """A stage's output must be finite: NaN or Inf is an error naming the stage, never a black picture."""
     if not np.isfinite(x).all():

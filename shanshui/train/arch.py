@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import remove_stale_temps
 
 
 class Arch(str, enum.Enum):
@@ -127,7 +128,6 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
     except ImportError:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
     from shanshui.export.onnx_export import quiet_hf
-    from shanshui.integrity import remove_stale_temps
     from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
     from shanshui.weights import save_text_encoder
 
