@@ -54,6 +54,9 @@ def verify_component(root: Path, name: str, entry: dict) -> None:
     sizes, hashes = entry.get("files") or {}, entry.get("sha256") or {}
     if not isinstance(sizes, dict) or not isinstance(hashes, dict):
         raise ShanshuiError(f"the manifest of {Path(root).name} lists {name}'s files wrongly; re-run `shanshui export`")
+    if not all(type(v) is int and v >= 0 for v in sizes.values()) or not all(isinstance(v, str) for v in hashes.values()):
+        raise ShanshuiError(f"the manifest of {Path(root).name} lists {name}'s file sizes or hashes wrongly; "
+                            "re-run `shanshui export`")
     for fname, size in sizes.items():
         path = inside(folder, fname, f"{name} file")
         if not path.is_file():

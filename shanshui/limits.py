@@ -68,12 +68,11 @@ def env_threads() -> int | None:
     raw = os.environ.get("SHANSHUI_THREADS")
     if raw is None or not raw.strip():
         return None
-    try:
-        v = int(raw.strip())
-    except ValueError:
+    text = raw.strip()
+    if not (text.isascii() and text.lstrip("+-").isdigit()):
         raise ShanshuiError(f"SHANSHUI_THREADS={raw[:40]!r} is not a whole number; set it to 1..{max_threads()} "
-                            "or unset it") from None
-    return check_threads(v, "SHANSHUI_THREADS")
+                            "or unset it")
+    return check_threads(int(text), "SHANSHUI_THREADS")
 
 
 def check_prompt(text: str, name: str = "prompt", allow_empty: bool = False) -> str:

@@ -29,23 +29,34 @@ class Accepted(Exception):
     """Validation passed; painting would start here."""
 
 
+def load_shipped():
+    """The shipped model, loaded (runtime.pipeline.open_pipeline, or Pipeline on older layouts)."""
+    import shanshui.runtime.pipeline as pipeline
+
+    return getattr(pipeline, "open_pipeline", None) and pipeline.open_pipeline(None, threads=1) or pipeline.Pipeline(None, threads=1)
+
+
 @pytest.fixture(scope="module")
 def loaded():
-    from shanshui.runtime.pipeline import Pipeline
-
-    return Pipeline(None, threads=1)
+    return load_shipped()
 
 
 @pytest.fixture
 def cli(loaded, monkeypatch, tmp_path):
-    import shanshui.runtime.pipeline as pipeline
     from shanshui.cli import app
 
-    def fake_pipeline(model, request=None, **kw):
+    def fake_loader(model, request=None, **kw):
         loaded.validate(request)
         raise Accepted(request)
 
-    monkeypatch.setattr(pipeline, "Pipeline", fake_pipeline)
+    try:  # where generate finds its loader: cli/generate.py's open_pipeline, or the runtime's Pipeline
+        import shanshui.cli.generate as target
+
+        monkeypatch.setattr(target, "open_pipeline", fake_loader)
+    except ImportError:
+        import shanshui.runtime.pipeline as target
+
+        monkeypatch.setattr(target, "Pipeline", fake_loader)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     return lambda args, env=None: runner.invoke(app, args, env=env, catch_exceptions=True)
@@ -99,7 +110,7 @@ def test_threads_environment(cli, value):
         return  # an environment variable cannot hold NUL
     req = _check(cli(["generate", "山"], env={"SHANSHUI_THREADS": value}))
     if req is not None and value.strip():
-        assert 1 <= int(value) <= limits.max_threads()
+        assert value.strip().isascii() and 1 <= int(value.strip()) <= limits.max_threads()
 
 
 @pytest.fixture(scope="module")
