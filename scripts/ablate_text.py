@@ -38,8 +38,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     args = ap.parse_args()
 
-    from shanshui.runtime.pipeline import Pipeline
-    from shanshui.train.evaluate import prompt_swap, train_classifier
+    from shanshui.runtime.pipeline import open_pipeline
+    from shanshui.eval.evaluate import prompt_swap, train_classifier
     from shanshui.train.unet import UnetConfig, train_unet
 
     out = args.root / args.name
@@ -55,7 +55,7 @@ def main() -> None:
     if not shared.is_file():
         shutil.copy2(out / "latents.safetensors", shared)
     net, ceiling = train_classifier()
-    pipe = Pipeline(out, backend="torch", threads=1)
+    pipe = open_pipeline(out, backend="torch", threads=1)
     report = prompt_swap(pipe, net, ceiling, seeds=args.seeds, langs=("zh",), grid=out / "swap-grid.png")
     report.update(name=args.name, recipe=ABLATIONS[args.name], steps=args.steps, size=args.size, batch=args.batch,
                   train_seconds=round(train_s, 1))

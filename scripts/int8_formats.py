@@ -49,7 +49,7 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
-    from shanshui.quantize import CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS
+    from shanshui.quantize.convert import CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS
     from shanshui.quantize.int8 import MIN_LAYER_SNR_DB, _quantize, candidate_nodes, int8_format, record_calibration
     from shanshui.quantize.sensitivity import isolated_layer_snr
 
@@ -113,11 +113,11 @@ def main() -> None:
     if args.torch:
         import torch
 
-        from shanshui.export.onnx_export import _load_module
-        from shanshui.export.source import open_source
+        from shanshui.hf import load_component
+        from shanshui.spec.source import open_source
 
         torch.set_num_threads(args.threads)
-        module = _load_module(open_source(args.torch), "unet")
+        module = load_component(open_source(args.torch), "unet")
         tfeed = [torch.from_numpy(feed[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
 
         def eager():

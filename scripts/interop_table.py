@@ -44,9 +44,9 @@ def optimum(export: str) -> dict:
     from optimum.onnxruntime import ORTStableDiffusionImg2ImgPipeline, ORTStableDiffusionPipeline
     from PIL import Image
 
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
-    ours = Pipeline(export)
+    ours = open_pipeline(export)
     h, w = ours.default_size
     shape = (1, ours.dims.latent_channels, h // ours.dims.vae_scale, w // ours.dims.vae_scale)
     noise = torch.from_numpy(np.random.default_rng(SEED).standard_normal(shape).astype(np.float32))

@@ -32,8 +32,9 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from shanshui.export.onnx_export import _load_module, export_model
-    from shanshui.export.source import open_source
+    from shanshui.hf import load_component
+    from shanshui.export.onnx_export import export_model
+    from shanshui.spec.source import open_source
     from shanshui.train.arch import init_model
 
     torch.set_num_threads(args.threads)
@@ -52,7 +53,7 @@ def main() -> None:
     report["parity_max_abs_error"] = {k: max(p["max_abs_error"] for p in v["parity"]) for k, v in m["components"].items()}
 
     source = open_source(model_dir)
-    unet = _load_module(source, "unet")
+    unet = load_component(source, "unet")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning ORT threads would slow the torch calls

@@ -52,10 +52,10 @@ def main() -> None:
         raise SystemExit("error: no chromium on PATH; `apt-get install chromium` or pass --chromium")
     from playwright.sync_api import sync_playwright
 
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
     from shanshui.serve.app import create_app
 
-    app = create_app(Pipeline(None))
+    app = create_app(open_pipeline(None))
     server, url = serve_in_thread(app)
     args.out.mkdir(parents=True, exist_ok=True)
     try:

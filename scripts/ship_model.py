@@ -41,7 +41,7 @@ def fp16_copy(src: Path, dst: Path) -> None:
 
 def export_copy(src: Path, dst: Path) -> None:
     """Copy an export without hidden folders (the fp32 reference, candidates); paths in the manifest made relative."""
-    from shanshui.export.manifest import MANIFEST
+    from shanshui.spec.manifest import MANIFEST
 
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)

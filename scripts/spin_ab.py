@@ -19,11 +19,11 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import shanshui.runtime.backends as b
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 a = json.loads(sys.argv[1])
 if a["all_spin"]:
     b.SPINNING = {k: True for k in b.SPINNING}
-pipe = Pipeline(a["model"], backend="onnxruntime", device="cpu", threads=a["threads"])
+pipe = open_pipeline(a["model"], backend="onnxruntime", device="cpu", threads=a["threads"])
 req = Request(prompt="一棵青松，青山环绕，云雾缭绕", steps=a["steps"], guidance=7.5, seed=0, height=a["size"], width=a["size"])
 for _ in range(2):
     pipe(req)

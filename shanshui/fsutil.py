@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashes: nothing half-written ever looks complete."""
+"""Atomic file writes, strict JSON reads and content hashes: nothing half-written ever looks complete."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from shanshui.errors import ShanshuiError
 
 
 @contextlib.contextmanager
@@ -29,6 +32,25 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside `final`; on success it replaces `final` (removed first if it exists), on
+    failure it is removed. Readers never see a half-written folder under the final name."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*"):  # of a killed run writing the same folder
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -69,3 +91,20 @@ def finite_json(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [finite_json(v) for v in obj]
     return obj
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShanshuiError(f"missing {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShanshuiError(f"{path} is not valid JSON ({e.__class__.__name__}); re-create the model folder") from None
+
+
+def make_out_dir(out: Path) -> None:
+    """Create an output folder, or say in one line why it cannot be."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None

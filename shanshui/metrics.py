@@ -1,4 +1,4 @@
-"""Image quality metrics in NumPy (torch-free): PSNR and SSIM, shared by training reports, eval, gates and bench."""
+"""Image and tensor quality metrics in NumPy (torch-free): PSNR, SSIM, SNR and float->uint8 pixels, shared by training reports, eval, gates and bench."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     cov = _gauss_blur(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
+
+
+def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    """Signal-to-noise ratio of `got` against `ref` in dB: 10·log10(mean ref² / mean (ref − got)²) (inf when equal)."""
+    err = float(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
+    return float("inf") if err == 0 else 10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / err)
+
+
+def to_uint8(chw: np.ndarray) -> np.ndarray:
+    """Images in [-1, 1], channels first (..., 3, H, W) -> uint8 pixels, channels last (..., H, W, 3)."""
+    return np.round((np.clip(np.moveaxis(chw, -3, -1), -1, 1) + 1) * 127.5).astype(np.uint8)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from shanshui import __version__, models
 
 SAMPLER_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}  # the web UI's names
 MACHINE_KEY = "shanshui"
@@ -23,7 +24,6 @@ def model_label(root: Path | str | None) -> str:
     if root is None:
         return "unknown"
     root = Path(root)
-    from shanshui import models
 
     package_models = Path(models.__file__).resolve().parent
     try:
@@ -55,7 +55,6 @@ def a1111_parameters(params: dict) -> str:
     }
     if params.get("init_image") is not None:
         fields["Denoising strength"] = params.get("strength")
-    from shanshui import __version__
 
     fields["Version"] = f"shanshui {__version__}"
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None))

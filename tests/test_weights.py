@@ -47,7 +47,7 @@ def test_missing_or_unexpected_weights_are_an_error(tiny_model, tmp_path, compon
     from safetensors.numpy import load_file, save_file
 
     from shanshui.export.onnx_export import export_model
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
     src = tmp_path / "m"
     shutil.copytree(tiny_model, src)
@@ -57,7 +57,7 @@ def test_missing_or_unexpected_weights_are_an_error(tiny_model, tmp_path, compon
     tensors["extra.weight"] = np.zeros(3, np.float32)
     save_file(tensors, str(src / component / file))
     with pytest.raises(ShanshuiError, match=r"do not fit .*1 missing .*1 unexpected \(extra.weight\)"):
-        Pipeline(src, backend="torch", device="cpu")
+        open_pipeline(src, backend="torch", device="cpu")
     with pytest.raises(ShanshuiError, match="do not fit"):
         export_model(src, tmp_path / "out", max_batch=1)
 

@@ -48,37 +48,46 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
     head = ["row", "load s", "1st gen s", "gen s (p90)", "U-Net step ms (p90)", "1st U-Net ms", "text enc ms", "VAE dec ms",
             "peak RSS MB", "GPU MB", "disk MB", "× diffusers gen / U-Net", "PSNR dB / SSIM vs ref"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["rows"]:
-        if r["status"] != "ok":
-            continue
-        g, st = r["generation"], r["stages"] or {}
-        un = st.get("unet_step") or {}
-        q, sp = r.get("quality"), r.get("speedup_vs_diffusers")
-        quality = "—" if not q else (f"identical / 1.0 vs {q['reference']}" if q.get("identical")
-                                      else f"{q['psnr_db']:.1f} / {q['ssim']:.3f} vs {q['reference']}")
-        disk = (r.get("disk_bytes") or {}).get("total")
-        cells = [
-            f"`{r['id']}`", _s(r["load_s"]), _s(g.get("first_s")), f"{_s(g.get('median_s'))} ({_s(g.get('p90_s'))})",
-            f"{_ms(un.get('median_s'))} ({_ms(un.get('p90_s'))})"
-            + (f" · GPU {un['gpu_median_ms']:.1f}" if un.get("gpu_median_ms") else ""), _ms(un.get("first_s")),
-            _ms((st.get("text_encoder") or {}).get("median_s")), _ms((st.get("vae_decode") or {}).get("median_s")),
-            _mb(g.get("peak_rss_mb")), _mb(g.get("gpu_peak_mb")), _mb(disk / 1e6 if disk else None),
-            f"{_x((sp or {}).get('generation'))} / {_x((sp or {}).get('unet_step'))}", quality,
-        ]
-        out.append("| " + " | ".join(cells) + " |")
+    out += ["| " + " | ".join(_cells(r)) + " |" for r in report["rows"] if r["status"] == "ok"]
     if s.get("steady"):
-        steady = [(r["id"], r.get("steadiness") or {}) for r in report["rows"] if r["status"] == "ok"]
-        rerun = [f"`{rid}` {st.get('rerun', 0)} re-run" + (f", {st['kept_disturbed']} kept disturbed" if st.get("kept_disturbed") else "")
-                 for rid, st in steady if st.get("rerun") or st.get("kept_disturbed")]
-        out += ["", f"Steadiness (probe baseline {s.get('probe_baseline_ms') or '—'} ms, a call is disturbed when the probe "
-                    f"next to it is over {steady[0][1].get('tolerance', 1.5) if steady else 1.5}× that): "
-                + ("; ".join(rerun) if rerun else "no call was disturbed") + "."]
+        out += _steadiness(report, s)
     not_run = [r for r in report["rows"] if r["status"] != "ok"]
     if not_run:
         out += ["", "Not run:", ""]
         out += [f"- `{r['id']}` ({r['status']}): {r.get('reason') or 'no reason recorded'}" for r in not_run]
+    return "\n".join(out + _how_to_read(report, s))
+
+
+def _cells(r: dict) -> list[str]:
+    """One table row."""
+    g, st = r["generation"], r["stages"] or {}
+    un = st.get("unet_step") or {}
+    q, sp = r.get("quality"), r.get("speedup_vs_diffusers")
+    quality = "—" if not q else (f"identical / 1.0 vs {q['reference']}" if q.get("identical")
+                                  else f"{q['psnr_db']:.1f} / {q['ssim']:.3f} vs {q['reference']}")
+    disk = (r.get("disk_bytes") or {}).get("total")
+    return [
+        f"`{r['id']}`", _s(r["load_s"]), _s(g.get("first_s")), f"{_s(g.get('median_s'))} ({_s(g.get('p90_s'))})",
+        f"{_ms(un.get('median_s'))} ({_ms(un.get('p90_s'))})"
+        + (f" · GPU {un['gpu_median_ms']:.1f}" if un.get("gpu_median_ms") else ""), _ms(un.get("first_s")),
+        _ms((st.get("text_encoder") or {}).get("median_s")), _ms((st.get("vae_decode") or {}).get("median_s")),
+        _mb(g.get("peak_rss_mb")), _mb(g.get("gpu_peak_mb")), _mb(disk / 1e6 if disk else None),
+        f"{_x((sp or {}).get('generation'))} / {_x((sp or {}).get('unet_step'))}", quality,
+    ]
+
+
+def _steadiness(report: dict, s: dict) -> list[str]:
+    steady = [(r["id"], r.get("steadiness") or {}) for r in report["rows"] if r["status"] == "ok"]
+    rerun = [f"`{rid}` {st.get('rerun', 0)} re-run" + (f", {st['kept_disturbed']} kept disturbed" if st.get("kept_disturbed") else "")
+             for rid, st in steady if st.get("rerun") or st.get("kept_disturbed")]
+    return ["", f"Steadiness (probe baseline {s.get('probe_baseline_ms') or '—'} ms, a call is disturbed when the probe "
+                f"next to it is over {steady[0][1].get('tolerance', 1.5) if steady else 1.5}× that): "
+            + ("; ".join(rerun) if rerun else "no call was disturbed") + "."]
+
+
+def _how_to_read(report: dict, s: dict) -> list[str]:
     methods = sorted({r.get("memory_note") for r in report["rows"] if r.get("memory_note")})
-    out += ["", "How to read it:", "",
+    return ["", "How to read it:", "",
             ("- Each row ran in its own fresh process. " if (s.get("rounds") or 1) == 1 else
              f"- Each row ran {s['rounds']} times, each in a fresh process, the rows taking turns; its samples are pooled "
              "(*load*: the median of the rounds; *1st gen*, *1st U-Net*: the first round's). ")
@@ -98,4 +107,3 @@ def to_markdown(report: dict, chart: str | None = None) -> str:
             "(short calls repeat), so a median spans many of a shared machine's short slow spells. With `--steady`, "
             "a CPU capacity probe also ran around blocks of calls, and blocks another process disturbed were re-run "
             "(`shanshui/bench/steady.py`).", ""]
-    return "\n".join(out)

@@ -85,6 +85,17 @@ def versions() -> dict:
 def run(spec: dict, mem: PeakRss, guard) -> dict:
     mem.reset()
     t0 = time.perf_counter()
+    pipe = _load(spec)
+    load = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": PeakRss._field("VmRSS"), "peak_rss_load_mb": mem.peak_mb()}
+    gen, image = _generations(pipe, spec, mem, guard)
+    stages = _stages(pipe, spec, mem, guard)
+    np.save(spec["image"], image)
+    return {**load, "generation": gen, "stages": stages, "gpu_memory_method": None, "image": spec["image"],
+            "image_shape": list(image.shape), "versions": versions()}
+
+
+def _load(spec: dict):
+    """Optimum's ORTStableDiffusionPipeline over the export, DPM-Solver++ (2M) as the other rows."""
     import onnxruntime as ort
     import torch
     from diffusers import DPMSolverMultistepScheduler
@@ -104,7 +115,12 @@ def run(spec: dict, mem: PeakRss, guard) -> dict:
     pipe = ORTStableDiffusionPipeline.from_pretrained(spec["model_dir"], export=False, provider=provider, session_options=opts)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++ 2M, as the other rows
     pipe.set_progress_bar_config(disable=True)
-    load = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": PeakRss._field("VmRSS"), "peak_rss_load_mb": mem.peak_mb()}
+    return pipe
+
+
+def _generations(pipe, spec: dict, mem: PeakRss, guard) -> tuple[dict, np.ndarray]:
+    """Whole generations, timed per stage through wrappers and the step callback; returns (summary, last image)."""
+    import torch
 
     h, w, c, scale = spec["height"], spec["width"], spec["latent_channels"], spec["vae_scale"]
     noise = np.random.default_rng(spec["seed"]).standard_normal((1, c, h // scale, w // scale))
@@ -141,24 +157,33 @@ def run(spec: dict, mem: PeakRss, guard) -> dict:
                 "denoise_s": (rec["marks"][-1] - start) if rec["marks"] else 0.0, "calls": len(rec["marks"])}
 
     mem.reset()
-    runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
     warm = [run_once() for _ in range(spec["warmup"])]  # the first is the cold run
-    for k, g in enumerate(warm + guard.repeat(run_once, spec["repeats"], spec.get("min_time_s", 0.0))):
+    gen, image = _summarise(warm + guard.repeat(run_once, spec["repeats"], spec.get("min_time_s", 0.0)), spec["warmup"])
+    gen["peak_rss_mb"], gen["gpu_peak_mb"] = mem.peak_mb(), None
+    del pipe.text_encoder.forward, pipe.vae.decode
+    return gen, image
+
+
+def _summarise(generations: list[dict], warmup: int) -> tuple[dict, np.ndarray]:
+    runs, steps, split, first = [], [], {"text_encoder_s": [], "denoise_s": [], "vae_decoder_s": []}, None
+    for k, g in enumerate(generations):
         image, total, step_times, te_s, vae_s = g["image"], g["total"], g["steps"], g["te_s"], g["vae_s"]
         if k == 0:
             first = {"total_s": total, "text_encoder_s": te_s, "unet_first_step_s": step_times[0] if step_times else None,
                      "vae_decoder_s": vae_s}
-        if k >= spec["warmup"]:
+        if k >= warmup:
             runs.append(total)
             steps.extend(step_times)
             split["text_encoder_s"].append(te_s)
             split["vae_decoder_s"].append(vae_s)
             split["denoise_s"].append(g["denoise_s"])
-    gen = {"first": first, "runs_s": runs, "steps_s": steps, "split_s": split, "unet_calls": g["calls"],
-           "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": None}
-    del pipe.text_encoder.forward, pipe.vae.decode
+    return {"first": first, "runs_s": runs, "steps_s": steps, "split_s": split, "unet_calls": g["calls"]}, image
 
-    # Each stage called as the pipeline calls it (torch tensors in, a 0-d timestep), on fixed inputs.
+
+def _stages(pipe, spec: dict, mem: PeakRss, guard) -> dict:
+    """Each stage called as the pipeline calls it (torch tensors in, a 0-d timestep), on fixed inputs."""
+    import torch
+
     rng = np.random.default_rng(0)
     ins = spec["stage_inputs"]
     ids = torch.from_numpy(rng.integers(0, spec["vocab_size"], size=ins["text_encoder"]["input_ids"], dtype=np.int64))
@@ -184,9 +209,7 @@ def run(spec: dict, mem: PeakRss, guard) -> dict:
         times = guard.repeat(timed, spec["stage_repeats"], spec.get("min_time_s", 0.0))
         stages[name] = {"runs_s": times, "peak_rss_mb": mem.peak_mb(), "gpu_peak_mb": None, "inputs": ins[name],
                         "warmup": spec["stage_warmup"]}
-    np.save(spec["image"], image)
-    return {**load, "generation": gen, "stages": stages, "gpu_memory_method": None, "image": spec["image"],
-            "image_shape": list(image.shape), "versions": versions()}
+    return stages
 
 
 def main() -> int:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui import models
+from shanshui.spec.manifest import read_manifest
+from shanshui.spec.source import model_resolution
+from shanshui.train.arch import ARCHS
 
 DEFAULT_PROMPT = "一棵青松，青山环绕，云雾缭绕"
 
@@ -20,12 +24,6 @@ class BenchBackend(str, enum.Enum):
     onnxruntime = "onnxruntime"
     torch = "torch"
     tensorrt = "tensorrt"
-
-
-class BenchPrecision(str, enum.Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 class Peer(str, enum.Enum):
@@ -132,15 +130,11 @@ def resolve_model(text: str) -> ModelRef:
     """`default`, an architecture name (`tiny`, `sd15`: random weights made into the cache), a diffusers folder, or
     an export folder (its ONNX rows use it as is; PyTorch rows use its recorded source folder when that exists).
     An existing folder wins over an architecture name."""
-    from shanshui.export.manifest import read_manifest
-    from shanshui.export.source import model_resolution
-    from shanshui.train.arch import ARCHS
 
     path = Path(text).expanduser()
     if text == "default" and not path.exists():
-        from shanshui.models import default_model_path, default_source_path
 
-        src, onnx = default_source_path(), default_model_path()
+        src, onnx = models.default_source_path(), models.default_model_path()
         if src is None:
             raise ShanshuiError("no default model ships with this install yet; pass --model with a model folder, or --model sd15")
         shipped = read_manifest(onnx) if onnx is not None else None  # the shipped export is measured as it ships

@@ -17,6 +17,7 @@ from typing import Callable
 
 from shanshui.bench.plan import ModelRef
 from shanshui.errors import ShanshuiError
+from shanshui.spec.source import open_source
 
 
 _HASHES: dict[str, dict[str, str]] = {}
@@ -44,7 +45,6 @@ def ensure_model(ref: ModelRef, cache: Path, run_task: Callable[[dict], dict]) -
 
 def _current(out: Path, ref: ModelRef, precision: str) -> bool:
     """An export in the cache whose source weights are unchanged (hashed here, torch-free)."""
-    from shanshui.export.source import open_source
 
     try:
         m = json.loads((out / "shanshui_manifest.json").read_text(encoding="utf-8"))

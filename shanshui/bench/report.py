@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.bench.chart import draw_chart
+from shanshui.bench.markdown import to_markdown
+from shanshui.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
+from shanshui.metrics import psnr, ssim
 
 SCHEMA = "shanshui-bench/1"
-STAGES = ("text_encoder", "unet_step", "vae_decode")
 FIRST_KEYS = {"text_encoder": "text_encoder_s", "unet_step": "unet_first_step_s", "vae_decode": "vae_decoder_s"}
 NOTABLE_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8")
 VERSIONED = ("shanshui", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "diffusers", "transformers", "onnx", "tensorrt")
@@ -153,7 +156,6 @@ REFERENCE_ORDER = (("shanshui", "onnxruntime", "cpu"), ("shanshui", "torch", "cp
 def add_quality(records: list[dict], images: dict[str, np.ndarray]) -> None:
     """PSNR/SSIM of each row's image against an fp32 row of the same model, size, prompt, seed and initial noise:
     the same runner/backend/device at fp32 for lower precisions, else the first fp32 row in REFERENCE_ORDER."""
-    from shanshui.metrics import psnr, ssim
 
     fp32 = [r for r in records if r["status"] == "ok" and r["precision"] == "fp32" and r["id"] in images]
     for rec in records:
@@ -309,9 +311,6 @@ def format_compare(entries: list[dict], old: dict, new: dict) -> str:
 
 def write_reports(report: dict, stem: Path) -> list[Path]:
     """STEM.json, STEM.md and STEM.png, each written atomically."""
-    from shanshui.bench.chart import draw_chart
-    from shanshui.bench.markdown import to_markdown
-    from shanshui.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
 
     stem = Path(stem)
     paths = [stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png")]

@@ -19,6 +19,11 @@ from typing import Callable
 
 from shanshui.bench.plan import ModelRef, Row, Settings, plan_rows, resolve_models
 from shanshui.errors import ShanshuiError
+from shanshui.bench import prepare, report
+from shanshui.bench.report import cpu_info
+from shanshui.bench.steady import remembered_baseline
+from shanshui.bench.venv import optimum_venv
+from shanshui.spec.contract import ModelDims, components
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
 OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
@@ -113,7 +118,6 @@ class Display:
 
 def _stage_inputs(export: Path, guidance: float, h: int, w: int) -> tuple[dict, dict]:
     """Input shapes of each stage (from the export's manifest and the contract) for the Optimum worker, and dims."""
-    from shanshui.export.contract import ModelDims, components
 
     m = json.loads((export / "shanshui_manifest.json").read_text(encoding="utf-8"))
     dims = ModelDims(**m["dims"])
@@ -127,9 +131,6 @@ def _stage_inputs(export: Path, guidance: float, h: int, w: int) -> tuple[dict, 
 def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], None] = lambda s: None,
               note: Callable[[str], None] = lambda s: None) -> dict:
     """Measure every planned row; returns the report (see report.build_report). `warn`/`note`: messages to show."""
-    from shanshui.bench import prepare, report
-    from shanshui.bench.venv import optimum_venv
-
     s = config.settings
     cache = Path(config.cache or prepare.default_cache())
     refs = resolve_models(config.models)  # before anything slow: a wrong --model fails at once
@@ -143,9 +144,6 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers), "threads": s.threads,
                             "steady": s.steady}, workdir, "probe")
         if s.steady and probe.get("ok"):
-            from shanshui.bench.report import cpu_info
-            from shanshui.bench.steady import remembered_baseline
-
             key = f"{cpu_info()[0]}|{os.cpu_count()} cores|{s.threads} threads"
             probe["probe_baseline_measured_s"] = probe.get("probe_baseline_s")
             probe["probe_baseline_s"] = remembered_baseline(cache / "probe-baselines.json", key, probe.get("probe_baseline_s"))
@@ -158,55 +156,62 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         if any(r.model in big and r.device == "cpu" and r.status == "planned" for r in rows):
             warn("sd15 on a CPU is slow (a 512 px U-Net step takes seconds to tens of seconds on 2 cores; its int8 "
                  "export calibrates for many minutes); --quick keeps it short")
-        results: dict[str, dict] = {}
-        by_name = {r.name: r for r in refs}
-        runnable = [r for r in rows if r.status == "planned"]
-        rounds = max(1, s.rounds)
-        specs: dict[str, tuple[dict, dict]] = {}
-        per_round: dict[str, list[dict]] = {}
-        with Display(len(runnable) * rounds, quiet) as display:
-            # Rounds: every row runs `rounds` times, each in a fresh process, the rows taking turns, so each row's
-            # samples come from several stretches of time (a shared machine is slow or fast for seconds to minutes).
-            for k in range(rounds):
-                for i, row in enumerate(runnable):
-                    if row.status == "failed":  # a failed round, or its preparation, ends the row
-                        display.advance()
-                        continue
-                    if k == 0:
-                        display.status(f"{row.id}: preparing")
-                        try:
-                            sizes = config.sizes or [by_name[row.model].resolution]
-                            specs[row.id] = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log,
-                                                      probe.get("probe_baseline_s"))
-                        except ShanshuiError as e:
-                            row.status, row.reason = "failed", str(e)
-                            display.log(f"{row.id}: failed: {e}")
-                            display.advance()
-                            continue
-                    spec, meta = specs[row.id]
-                    spec = {**spec, **round_share(s, rounds), "image": str(workdir / f"row{i}-r{k}.npy")}
-                    display.status(f"{row.id}: measuring" + (f" (round {k + 1} of {rounds})" if rounds > 1 else ""))
-                    if row.runner == "optimum":
-                        res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
-                    else:
-                        res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s)
-                    per_round.setdefault(row.id, []).append(res)
-                    if not res.get("ok"):
-                        row.status, row.reason = "failed", res.get("error")
-                    display.advance()
-                    if k == rounds - 1 or not res.get("ok"):
-                        merged = merge_rounds(per_round[row.id])
-                        merged.update(meta)
-                        results[row.id] = merged
-                        if res.get("ok"):
-                            row.status, row.reason = "ok", None
-                        display.log(report.one_line(row, merged))
+        results = _run_rows(config, rows, refs, probe, optimum, cache, workdir, quiet)
         rep = report.build_report(config, rows, results, probe, optimum, refs)
         rep["parent"] = {"pid": os.getpid(), "heavy_modules_loaded": sorted(m for m in HEAVY if m in sys.modules)}
         rep["environment"]["load_average_1m"] = {"start": load_start, "end": _loadavg()}
         return rep
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_rows(config: BenchConfig, rows: list, refs: list, probe: dict, optimum: dict, cache: Path, workdir: Path,
+              quiet: bool) -> dict[str, dict]:
+    """Rounds: every row runs `rounds` times, each in a fresh process, the rows taking turns, so each row's samples
+    come from several stretches of time (a shared machine is slow or fast for seconds to minutes)."""
+    s = config.settings
+    results: dict[str, dict] = {}
+    by_name = {r.name: r for r in refs}
+    runnable = [r for r in rows if r.status == "planned"]
+    rounds = max(1, s.rounds)
+    specs: dict[str, tuple[dict, dict]] = {}
+    per_round: dict[str, list[dict]] = {}
+    with Display(len(runnable) * rounds, quiet) as display:
+        for k in range(rounds):
+            for i, row in enumerate(runnable):
+                if row.status == "failed":  # a failed round, or its preparation, ends the row
+                    display.advance()
+                    continue
+                if k == 0:
+                    display.status(f"{row.id}: preparing")
+                    try:
+                        sizes = config.sizes or [by_name[row.model].resolution]
+                        specs[row.id] = _row_spec(row, by_name[row.model], s, cache, workdir, i, sizes, display.log,
+                                                  probe.get("probe_baseline_s"))
+                    except ShanshuiError as e:
+                        row.status, row.reason = "failed", str(e)
+                        display.log(f"{row.id}: failed: {e}")
+                        display.advance()
+                        continue
+                spec, meta = specs[row.id]
+                spec = {**spec, **round_share(s, rounds), "image": str(workdir / f"row{i}-r{k}.npy")}
+                display.status(f"{row.id}: measuring" + (f" (round {k + 1} of {rounds})" if rounds > 1 else ""))
+                if row.runner == "optimum":
+                    res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
+                else:
+                    res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s)
+                per_round.setdefault(row.id, []).append(res)
+                if not res.get("ok"):
+                    row.status, row.reason = "failed", res.get("error")
+                display.advance()
+                if k == rounds - 1 or not res.get("ok"):
+                    merged = merge_rounds(per_round[row.id])
+                    merged.update(meta)
+                    results[row.id] = merged
+                    if res.get("ok"):
+                        row.status, row.reason = "ok", None
+                    display.log(report.one_line(row, merged))
+    return results
 
 
 def round_share(s: Settings, rounds: int) -> dict:
@@ -268,7 +273,6 @@ def _loadavg() -> float | None:
 def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, i: int, sizes: list[int],
               log: Callable[[str], None], probe_baseline_s: float | None = None) -> tuple[dict, dict]:
     """The worker spec of a row (making its model and export first when needed), and facts for the report."""
-    from shanshui.bench import prepare
 
     def run_task(spec: dict) -> dict:  # model making and exports run in worker processes too
         return run_worker({**spec, "threads": s.threads}, workdir, f"prep{i}-{spec['task']}")

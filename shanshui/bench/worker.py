@@ -22,6 +22,15 @@ import numpy as np
 
 from shanshui.bench.memory import GpuPeak, PeakRss, rss_mb
 from shanshui.bench.steady import Guard, measure_baseline
+from shanshui.engines.build import build_engines
+from shanshui.errors import ShanshuiError
+from shanshui.quantize.convert import export_at
+from shanshui.hf import quiet_hf
+from shanshui.runtime.backends import TorchComponents
+from shanshui.runtime.pipeline import Request, open_pipeline
+from shanshui.spec.contract import components as specs_for
+from shanshui.spec.source import open_source
+from shanshui.train.arch import init_model
 
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt")
 
@@ -36,7 +45,6 @@ def _sync(device: str) -> None:
 
 def _stage_calls(components, dims, h: int, w: int, b2: int) -> dict:
     """Fixed inputs from the component contract and the call that runs each stage on them."""
-    from shanshui.export.contract import components as specs_for
 
     specs = specs_for(dims)
     values = {"B2": b2, "B": 1, "H": h, "W": w, "h": h // dims.vae_scale, "w": w // dims.vae_scale}
@@ -123,13 +131,12 @@ def _generations(run_once, spec: dict, mem: PeakRss, gpu: GpuPeak | None, guard:
 
 def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     """A row through shanshui's own Pipeline (onnxruntime, torch or tensorrt backend)."""
-    from shanshui.runtime.pipeline import Pipeline, Request
 
     dev, backend = spec["device"], spec["backend"]
     gpu = GpuPeak("torch" if backend == "torch" else "nvml") if dev == "cuda" else None
     mem.reset()
     kw = {"precision": spec["precision"]} if backend == "torch" and spec["precision"] != "fp32" else {}
-    pipe = Pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
+    pipe = open_pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
     load_s = pipe.load_seconds
     load = {"load_s": load_s, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}
     req = Request(prompt=spec["prompt"], steps=spec["steps"], guidance=spec["guidance"], seed=spec["seed"],
@@ -150,27 +157,31 @@ def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
             **_save_image(spec["image"], image)}
 
 
-def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
-    """The peer: diffusers' StableDiffusionPipeline in PyTorch eager, DPM-Solver++ (2M), the same initial noise."""
-    mem.reset()
-    t0 = time.perf_counter()
+def _load_diffusers(spec: dict):
+    """diffusers' pipeline for the row, on its device, with DPM-Solver++ (2M); returns it and its torch dtype."""
     import diffusers
     import torch
 
-    from shanshui.export.onnx_export import quiet_hf
-    from shanshui.export.source import open_source
-    from shanshui.runtime.backends import TorchComponents
-
     quiet_hf()
-    dev = spec["device"]
     if spec["threads"]:
         torch.set_num_threads(int(spec["threads"]))
     dtype = torch.float16 if spec["precision"] == "fp16" else torch.float32
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["model_dir"], safety_checker=None, requires_safety_checker=False,
                                                              torch_dtype=dtype, use_safetensors=True)
     pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++ 2M
-    pipe = pipe.to(dev)
+    pipe = pipe.to(spec["device"])
     pipe.set_progress_bar_config(disable=True)
+    return pipe, dtype
+
+
+def run_diffusers(spec: dict, mem: PeakRss, guard: Guard) -> dict:
+    """The peer: diffusers' StableDiffusionPipeline in PyTorch eager, DPM-Solver++ (2M), the same initial noise."""
+    mem.reset()
+    t0 = time.perf_counter()
+    pipe, dtype = _load_diffusers(spec)
+    import torch
+
+    dev = spec["device"]
     load = {"load_s": time.perf_counter() - t0, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}
     gpu = GpuPeak("torch") if dev == "cuda" else None
     dims = open_source(Path(spec["model_dir"])).dims
@@ -256,15 +267,11 @@ def row_guard(spec: dict) -> Guard:
 
 
 def init_model_task(spec: dict) -> dict:
-    from shanshui.train.arch import init_model
-
     return {"summary": init_model(spec["arch"], Path(spec["out"]), seed=spec.get("seed", 0))}
 
 
 def export_task(spec: dict) -> dict:
-    from shanshui.export.onnx_export import export_model
-
-    m = export_model(Path(spec["model_dir"]), Path(spec["out"]), precision=spec["precision"], height=spec["height"],
+    m = export_at(Path(spec["model_dir"]), Path(spec["out"]), precision=spec["precision"], height=spec["height"],
                      width=spec["width"], max_batch=spec.get("max_batch", 1), check=spec.get("check", False))
     return {"precision": m["precision"], "files_bytes": m.get("files_bytes", {}),
             "quantization": {k: v.get("precision") for k, v in m.get("quantization", {}).items()}}
@@ -272,7 +279,6 @@ def export_task(spec: dict) -> dict:
 
 def engines_task(spec: dict) -> dict:
     """TensorRT engines for an export (EXPORT/engines), static buckets of one image per benchmarked size."""
-    from shanshui.engines.build import build_engines
 
     m = build_engines(Path(spec["export_dir"]), None, precision=spec["precision"], shapes=spec["shapes"])
     return {"engines": m["out_dir"], "bytes": {c: e.get("bytes") for c, e in m.get("components", {}).items()}}
@@ -299,7 +305,6 @@ def main() -> int:
             result.update(TASKS[spec["task"]](spec))
         result["ok"] = True
     except BaseException as e:  # noqa: BLE001  (every failure becomes the row's one-line reason)
-        from shanshui.errors import ShanshuiError
 
         msg = str(e) if isinstance(e, ShanshuiError) else f"{type(e).__name__}: {e}"
         result.update(ok=False, error=" ".join(msg.split())[:500] or type(e).__name__)

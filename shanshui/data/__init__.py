@@ -1,0 +1,2 @@
+"""Training data: procedural shan shui paintings (scene -> render) with exact bilingual captions, written as an
+imagefolder and read back."""

@@ -73,8 +73,11 @@ def _tree_phrases(scene: Scene) -> list[Phrase]:
 
 def phrases(scene: Scene) -> list[Phrase]:
     """Every true phrase for the scene (the pool captions draw from)."""
-    s = scene
-    out = _tree_phrases(s)
+    return _tree_phrases(scene) + _land_and_water(scene) + _things(scene) + _setting(scene)
+
+
+def _land_and_water(s: Scene) -> list[Phrase]:
+    out = []
     mtn = [("青山环绕", "surrounded by green mountains"), ("翠峰环抱", "embraced by emerald peaks"),
            ("远山连绵", "distant mountains stretching away"), ("群山环抱", "ringed by mountains")]
     out.append(_p("mountains", {("mountains", "yes")}, [a for a, _ in mtn], [b for _, b in mtn], "青山", "mountains"))
@@ -103,6 +106,11 @@ def phrases(scene: Scene) -> list[Phrase]:
     elif s.water == "lake":
         out.append(_p("water", {("water", "lake")}, ["湖光山色", "平湖如镜", "湖水平静"],
                       ["a calm lake", "a still lake like a mirror", "lake and mountains"], "湖泊", "lake"))
+    return out
+
+
+def _things(s: Scene) -> list[Phrase]:
+    out = []
     if s.boat:
         zh = ["一叶扁舟", "小舟独钓", "孤舟蓑笠"] + (["渔舟唱晚"] if s.time == "dusk" else [])
         out.append(_p("subject", {("boat", "yes")}, zh, ["a small boat with a fisherman", "a lone boat with a figure",
@@ -121,6 +129,11 @@ def phrases(scene: Scene) -> list[Phrase]:
         out.append(_p("extra", {("rocks", "yes")}, ["怪石嶙峋", "山石错落"], ["rugged rocks", "scattered rocks"], "山石", "rocks"))
     if s.birds:
         out.append(_p("extra", {("birds", "yes")}, ["飞鸟归林", "几只飞鸟"], ["birds in flight", "a few flying birds"], "飞鸟", "birds"))
+    return out
+
+
+def _setting(s: Scene) -> list[Phrase]:
+    out = []
     season = {"spring": (["春山如笑", "春意盎然"], ["in spring", "a spring day"], "春"),
               "summer": (["夏山苍翠", "盛夏时节"], ["in summer", "a summer landscape"], "夏"),
               "autumn": (["秋色宜人", "深秋时节"], ["in autumn", "autumn colours"], "秋"),
@@ -209,11 +222,6 @@ def caption_with_keys(scene: Scene, lang: str, rng: np.random.Generator, full: b
 def caption(scene: Scene, lang: str, rng: np.random.Generator) -> str:
     """A caption of the scene in `lang` ("zh" or "en"), drawn with `rng`; every claim is true of the scene."""
     return caption_with_keys(scene, lang, rng)[0]
-
-
-def mentioned_attributes(scene: Scene, lang: str, rng: np.random.Generator) -> frozenset[Key]:
-    """The (attribute, value) facts the caption drawn with this rng state states (same draws as `caption`)."""
-    return caption_with_keys(scene, lang, rng)[1]
 
 
 def captionable(scene: Scene) -> frozenset[Key]:

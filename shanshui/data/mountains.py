@@ -96,12 +96,7 @@ def mountain(cv: Canvas, lay: Layer, rng: np.random.Generator, pk: Peak, scene, 
     winter = scene.season == "winter"
     blue_green = scene.style == "blue_green"
 
-    if winter:  # snow: ridges and upper slopes left blank, ink gathers lower down
-        body = (0.03 + 0.3 * smoothstep(0.1, 0.65, rel)) * tex * side_dark
-    else:
-        body = (0.06 + 0.34 * np.exp(-rel * 3.0)) * tex * side_dark
-    if pk.shape == "bank":
-        body *= 0.55
+    body = _wash(pk, rel, tex, side_dark, winter)
     body *= (0.5 if blue_green else 1.0) * s**0.8 * fade * inside  # (rows, n)
 
     slope = np.gradient(top)  # (n,)
@@ -117,19 +112,36 @@ def mountain(cv: Canvas, lay: Layer, rng: np.random.Generator, pk: Peak, scene, 
     occ = inside * smoothstep(0.0, 1.0, (pk.base - ys) / max(pk.fade_len * 0.6, 1.0))  # (rows, n)
     cv.paint(occ, PAPER, y0, x0)  # occlude what lies behind; the foot dissolves into what is there (mist)
     if blue_green:
-        c_top = lerp_color(AZURE, MALACHITE, float(rng.random()))
-        c_top = lerp_color(c_top, PALE_BLUE, (1.0 - s) * 0.9)
-        low = lerp_color(OCHRE, PALE_BLUE, (1.0 - s) * 0.9)
-        if pk.shape == "bank":
-            c_top = lerp_color(MALACHITE, OCHRE, 0.35)
-        mix = smoothstep(0.2, 0.75, rel + 0.2 * (tex - 1.0))[..., None]  # (rows, n, 1)
-        col = np.asarray(c_top, np.float32) + mix * (np.asarray(low, np.float32) - np.asarray(c_top, np.float32))
-        col_a = inside * fade * (0.5 + 0.35 * s) * (0.75 + 0.25 * tex)
-        if winter:
-            col_a *= smoothstep(0.08, 0.4, rel) * 0.7
-        cv.paint(col_a, col, y0, x0)
+        cv.paint(*_blue_green(rng, pk, rel, tex, inside * fade, winter), y0, x0)
     cv.paint(ink_a, lerp_color(INK, HAZE, (1.0 - s) * 0.85), y0, x0)
     return top
+
+
+def _wash(pk: Peak, rel: np.ndarray, tex: np.ndarray, side_dark: np.ndarray, winter: bool) -> np.ndarray:
+    """The ink wash of the mountain's body (rows, n), before strength, fade and coverage."""
+    if winter:  # snow: ridges and upper slopes left blank, ink gathers lower down
+        body = (0.03 + 0.3 * smoothstep(0.1, 0.65, rel)) * tex * side_dark
+    else:
+        body = (0.06 + 0.34 * np.exp(-rel * 3.0)) * tex * side_dark
+    if pk.shape == "bank":
+        body *= 0.55
+    return body
+
+
+def _blue_green(rng, pk: Peak, rel: np.ndarray, tex: np.ndarray, cover: np.ndarray, winter: bool):
+    """Mineral colour of the blue-green style: azure/malachite above, ochre below; (alpha (rows, n), colour (rows, n, 3))."""
+    s = pk.strength
+    c_top = lerp_color(AZURE, MALACHITE, float(rng.random()))
+    c_top = lerp_color(c_top, PALE_BLUE, (1.0 - s) * 0.9)
+    low = lerp_color(OCHRE, PALE_BLUE, (1.0 - s) * 0.9)
+    if pk.shape == "bank":
+        c_top = lerp_color(MALACHITE, OCHRE, 0.35)
+    mix = smoothstep(0.2, 0.75, rel + 0.2 * (tex - 1.0))[..., None]  # (rows, n, 1)
+    col = np.asarray(c_top, np.float32) + mix * (np.asarray(low, np.float32) - np.asarray(c_top, np.float32))
+    col_a = cover * (0.5 + 0.35 * s) * (0.75 + 0.25 * tex)
+    if winter:
+        col_a *= smoothstep(0.08, 0.4, rel) * 0.7
+    return col_a, col
 
 
 def _strokes(rng, pk: Peak, xs, top, hgt, t2, y0: int, rows: int, k: float, winter: bool) -> np.ndarray:
@@ -161,27 +173,7 @@ def _strokes(rng, pk: Peak, xs, top, hgt, t2, y0: int, rows: int, k: float, wint
         pts = np.stack([xs[idx] - x0, top[idx] - y0 + drop + 1], axis=1)  # (7, 2)
         brush(dr, pts, 1.6 * k, 0.4 * k, 185)
 
-    # cun: axe-cut (steep) or hemp-fibre (rounded, banks), denser near the ridge
-    n_c = int(np.clip(area / ((90 if pk.shape == "steep" else 55) * k * k), 4, 150) * (0.35 + 0.65 * s))
-    cols = rng.integers(0, n, n_c)
-    r = rng.random(n_c) ** 1.5 * (0.55 if winter else 0.75) + (0.25 if winter else 0.0)
-    if winter:
-        n_c //= 2
-    n_c = max(n_c, 1)
-    cols, r = cols[:n_c], r[:n_c]
-    ln = rng.uniform(0.5, 1.0, n_c) * (7 * k if pk.shape == "steep" else 11 * k)  # (n_c,)
-    jit = rng.uniform(-0.2, 0.2, n_c)
-    sgn = np.sign(t2[cols])
-    p0 = np.stack([xs[cols] - x0, top[cols] - y0 + r * hgt[cols] + 1], axis=1)  # (n_c, 2)
-    if pk.shape == "steep":  # axe-cut: small bundles of parallel slanting strokes
-        p1 = p0 + np.stack([(sgn * 0.7 + jit) * ln, ln], axis=1)
-        for b in range(3):
-            sel = (cols % 3) >= b
-            off = np.stack([-sgn[sel] * b * 2.2 * k, np.full(int(sel.sum()), b * k)], axis=1)
-            brush_many(dr, curves(p0[sel] + off, p1[sel] + off, jit[sel] * 2, 3), 2.0 * k, 0.4 * k, 185)
-    else:  # hemp-fibre: longer, thinner, gently curving
-        p1 = p0 + np.stack([(sgn * 0.3 + jit) * ln, ln], axis=1)
-        brush_many(dr, curves(p0, p1, jit * 4, 4), 1.3 * k, 0.4 * k, 175)
+    _cun(dr, rng, pk, xs - x0, top - y0, hgt, t2, area, k, winter)
 
     # moss dots along ridges of near hills; tiny trees on middle-distance ridges
     if s > 0.6:
@@ -199,6 +191,32 @@ def _strokes(rng, pk: Peak, xs, top, hgt, t2, y0: int, rows: int, k: float, wint
     if k >= 0.8:
         im = im.filter(ImageFilter.GaussianBlur(0.35 * k))
     return np.asarray(im, dtype=np.float32) * (1.0 / 255.0)  # (rows, n)
+
+
+def _cun(dr, rng, pk: Peak, px, py, hgt, t2, area: float, k: float, winter: bool) -> None:
+    """Cun texture strokes: axe-cut (steep) or hemp-fibre (rounded, banks), denser near the ridge. px, py: the ridge
+    in the layer's own pixels (n,)."""
+    n, s = len(px), pk.strength
+    n_c = int(np.clip(area / ((90 if pk.shape == "steep" else 55) * k * k), 4, 150) * (0.35 + 0.65 * s))
+    cols = rng.integers(0, n, n_c)
+    r = rng.random(n_c) ** 1.5 * (0.55 if winter else 0.75) + (0.25 if winter else 0.0)
+    if winter:
+        n_c //= 2
+    n_c = max(n_c, 1)
+    cols, r = cols[:n_c], r[:n_c]
+    ln = rng.uniform(0.5, 1.0, n_c) * (7 * k if pk.shape == "steep" else 11 * k)  # (n_c,)
+    jit = rng.uniform(-0.2, 0.2, n_c)
+    sgn = np.sign(t2[cols])
+    p0 = np.stack([px[cols], py[cols] + r * hgt[cols] + 1], axis=1)  # (n_c, 2)
+    if pk.shape == "steep":  # axe-cut: small bundles of parallel slanting strokes
+        p1 = p0 + np.stack([(sgn * 0.7 + jit) * ln, ln], axis=1)
+        for b in range(3):
+            sel = (cols % 3) >= b
+            off = np.stack([-sgn[sel] * b * 2.2 * k, np.full(int(sel.sum()), b * k)], axis=1)
+            brush_many(dr, curves(p0[sel] + off, p1[sel] + off, jit[sel] * 2, 3), 2.0 * k, 0.4 * k, 185)
+    else:  # hemp-fibre: longer, thinner, gently curving
+        p1 = p0 + np.stack([(sgn * 0.3 + jit) * ln, ln], axis=1)
+        brush_many(dr, curves(p0, p1, jit * 4, 4), 1.3 * k, 0.4 * k, 175)
 
 
 def mist_band(cv: Canvas, rng: np.random.Generator, yc: float, th: float, amount: float, k: float,

@@ -98,6 +98,27 @@ def _paint(scene: Scene, w: int, h: int, u: float) -> np.ndarray:
     if scene.time == "dusk":  # the sun sinks behind the ranges; the warm glow is a global tint at the end
         _disc(cv, free_side * w, h * 0.33, w * 0.045 + 2, (200, 70, 50), 0.75, 0.0)
 
+    tall = scene.fmt == "tall"
+    main_base = _ranges(cv, lay, rng, scene, pal, sky, k, side, mist_amt)
+    _foreground(cv, lay, rng, scene, pal, sky, side, free_side, main_base, k, tall)
+    lay.flush(cv, soften=0.4 * k)
+
+    if scene.birds:
+        bx = free_side * w
+        by = min(h * 0.2, max(sky.top(bx) - h * 0.08, h * 0.08))
+        motifs.birds(lay, rng, bx, by, 6 * k, scene.birds, pal)
+    if rng.random() < 0.6:  # calligraphy inscription in an open corner
+        ix = (0.93 if side < 0.5 else 0.07) * w
+        motifs.inscription(lay, rng, ix, h * 0.06, 4.2 * k, int(rng.integers(4, 9)), pal, scene.seal)
+    elif scene.seal:
+        motifs.stamp(lay, rng, (0.92 if side < 0.5 else 0.08) * w, h * 0.93, 6 * k, pal)
+    lay.flush(cv, soften=0.35 * k)
+    return _light(cv, scene, ys, free_side)
+
+
+def _ranges(cv: Canvas, lay: Layer, rng, scene: Scene, pal, sky: Skyline, k: float, side: float, mist_amt: float) -> float:
+    """The mountain ranges, farthest first, each layer flushed and misted; returns the main massif's base line."""
+    w, h = cv.w, cv.h
     layers = scene.layers
     tall = scene.fmt == "tall"
     wide = scene.fmt == "wide"
@@ -131,21 +152,12 @@ def _paint(scene: Scene, w: int, h: int, u: float) -> np.ndarray:
 
     if scene.mist == "heavy":  # a cloud belt across the waist of the main massif
         mist_band(cv, rng, main_base - h * rng.uniform(0.16, 0.26), h * 0.035, 0.9, k, patchy=True)
+    return main_base
 
-    _foreground(cv, lay, rng, scene, pal, sky, side, free_side, main_base, k, tall)
-    lay.flush(cv, soften=0.4 * k)
 
-    if scene.birds:
-        bx = free_side * w
-        by = min(h * 0.2, max(sky.top(bx) - h * 0.08, h * 0.08))
-        motifs.birds(lay, rng, bx, by, 6 * k, scene.birds, pal)
-    if rng.random() < 0.6:  # calligraphy inscription in an open corner
-        ix = (0.93 if side < 0.5 else 0.07) * w
-        motifs.inscription(lay, rng, ix, h * 0.06, 4.2 * k, int(rng.integers(4, 9)), pal, scene.seal)
-    elif scene.seal:
-        motifs.stamp(lay, rng, (0.92 if side < 0.5 else 0.08) * w, h * 0.93, 6 * k, pal)
-    lay.flush(cv, soften=0.35 * k)
-
+def _light(cv: Canvas, scene: Scene, ys: np.ndarray, free_side: float) -> np.ndarray:
+    """Time-of-day light over everything, then the paper's texture; (h, w, 3) uint8."""
+    w, h = cv.w, cv.h
     img = cv.rgb
     if scene.time == "night":
         img *= np.concatenate([0.56 + 0.1 * ys, 0.58 + 0.1 * ys, 0.68 + 0.08 * ys], axis=1)[:, None, :]  # (h,1,3)
@@ -225,18 +237,7 @@ def _foreground(cv, lay, rng, scene, pal, sky, side, free_side, main_base, k, ta
     banks: list[tuple[Peak, np.ndarray]] = []
     tree_side = 1.0 - free_side if scene.water != "none" else rng.uniform(0.25, 0.75)
     water_top = main_base + h * 0.02
-
-    if scene.water == "lake":  # a far low shore, ripples across
-        far = Peak(free_side * w, water_top, h * 0.035, w * 0.35, "rounded", 0.45, h * 0.02)
-        mountain(cv, lay, rng, far, scene, k, None)
-    elif scene.water == "river":  # receding far banks suggest the winding course
-        for j in range(2):
-            fx = (0.0 if (j % 2 == 0) == (free_side > 0.5) else 1.0) * w
-            far = Peak(fx, water_top + h * 0.05 * (j + 1), h * 0.03, w * 0.3, "rounded", 0.45 + 0.2 * j, h * 0.02)
-            mountain(cv, lay, rng, far, scene, k, None)
-    if scene.water != "none":
-        motifs.ripples(lay, rng, 0, w, water_top + h * 0.04, h * 0.98, int(7 + 5 * k), pal, 0.9)
-    lay.flush(cv, soften=0.35 * k)
+    _water(cv, lay, rng, scene, pal, free_side, water_top, k)
 
     # the near bank(s): trees stand here
     bank_h = h * (0.16 if scene.water == "none" else 0.2) * (0.8 if tall else 1.0)
@@ -282,13 +283,34 @@ def _foreground(cv, lay, rng, scene, pal, sky, side, free_side, main_base, k, ta
     lay.flush(cv, soften=0.3 * k)
 
     if scene.boat:
-        y = rng.uniform(water_top + h * 0.08, h * 0.9)
-        cand = np.linspace(0.1, 0.9, 17) * w
-        ok = [x for x in cand if all(_bank_top(pk, top, x) > y + 6 * k for pk, top in banks)]
-        x = ok[int(rng.integers(len(ok)))] if ok else free_side * w
-        s = (9 + 10 * (y - water_top) / (h - water_top)) * k
-        motifs.boat(lay, rng, float(x), float(y), s, pal, 1.0)
-        motifs.ripples(lay, rng, x - s * 1.2, x + s * 1.2, y + s * 0.2, y + s * 0.5, 2, pal, 1.0)
+        _boat(lay, rng, pal, banks, free_side, water_top, k, w, h)
+
+
+def _water(cv, lay, rng, scene, pal, free_side: float, water_top: float, k: float) -> None:
+    """Far shores and ripples of a lake or river (nothing for dry land)."""
+    w, h = cv.w, cv.h
+    if scene.water == "lake":  # a far low shore, ripples across
+        far = Peak(free_side * w, water_top, h * 0.035, w * 0.35, "rounded", 0.45, h * 0.02)
+        mountain(cv, lay, rng, far, scene, k, None)
+    elif scene.water == "river":  # receding far banks suggest the winding course
+        for j in range(2):
+            fx = (0.0 if (j % 2 == 0) == (free_side > 0.5) else 1.0) * w
+            far = Peak(fx, water_top + h * 0.05 * (j + 1), h * 0.03, w * 0.3, "rounded", 0.45 + 0.2 * j, h * 0.02)
+            mountain(cv, lay, rng, far, scene, k, None)
+    if scene.water != "none":
+        motifs.ripples(lay, rng, 0, w, water_top + h * 0.04, h * 0.98, int(7 + 5 * k), pal, 0.9)
+    lay.flush(cv, soften=0.35 * k)
+
+
+def _boat(lay, rng, pal, banks, free_side: float, water_top: float, k: float, w: int, h: int) -> None:
+    """A boat on open water, clear of every bank."""
+    y = rng.uniform(water_top + h * 0.08, h * 0.9)
+    cand = np.linspace(0.1, 0.9, 17) * w
+    ok = [x for x in cand if all(_bank_top(pk, top, x) > y + 6 * k for pk, top in banks)]
+    x = ok[int(rng.integers(len(ok)))] if ok else free_side * w
+    s = (9 + 10 * (y - water_top) / (h - water_top)) * k
+    motifs.boat(lay, rng, float(x), float(y), s, pal, 1.0)
+    motifs.ripples(lay, rng, x - s * 1.2, x + s * 1.2, y + s * 0.2, y + s * 0.5, 2, pal, 1.0)
 
 
 def _bank_top(pk: Peak, top: np.ndarray, x: float) -> float:

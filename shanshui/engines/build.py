@@ -12,41 +12,24 @@ build never leaves a half-written engine that looks complete. Pure Python: the b
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from shanshui.engines.plan import (
-    BUILD_VERSION, COMPONENTS, describe_change, engine_key, gpu_label, key_id, network_mode, parse_buckets, profiles,
+    BUILD_VERSION, TRT_ALTERNATIVE, Builder, EngineBuild, describe_change, engine_key, gpu_label, key_id, network_mode, parse_buckets, profiles,
     shapes_label,
 )
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import components
-from shanshui.export.manifest import ExportedModel, open_exported
+from shanshui.spec.contract import COMPONENTS, components
+from shanshui.spec.engine_manifest import ENGINE_MANIFEST, FORMAT_VERSION, read_engine_manifest
+from shanshui.spec.manifest import ExportedModel, open_exported
 from shanshui.fsutil import sha256_files, write_bytes_atomic, write_json_atomic
+from shanshui.engines import trt
 
-ENGINE_MANIFEST = "engines.json"
-FORMAT_VERSION = 1
-ALTERNATIVE = "or use --backend onnxruntime --device cuda"
 ORT_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "DynamicQuantizeLinear"}
-
-
-@dataclass(frozen=True)
-class EngineBuild:
-    """What trt.build_engine needs for one component."""
-
-    component: str
-    onnx_path: Path
-    profiles: list  # [{input name: [min, opt, max]}]
-    mode: dict  # plan.network_mode
-    workspace_bytes: int | None = None
-
-
-Builder = Callable[[Path, EngineBuild, Path], bytes]  # (onnx path, what to build, timing cache file) -> serialized engine
 
 
 def default_engine_dir(export_root: Path) -> Path:
@@ -69,20 +52,6 @@ def fingerprint(paths: list[Path], previous: dict | None = None) -> dict:
     if previous and previous.get("stat") == stat and previous.get("sha256"):
         return {"sha256": previous["sha256"], "stat": stat}
     return {"sha256": sha256_files(paths), "stat": stat}
-
-
-def read_engine_manifest(folder: Path) -> dict | None:
-    path = Path(folder) / ENGINE_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ShanshuiError(f"{path} is corrupt; delete {folder} and run `shanshui engine build` again") from None
-    if m.get("format_version") != FORMAT_VERSION:
-        raise ShanshuiError(f"{path} has format {m.get('format_version')}, this shanshui reads {FORMAT_VERSION}; "
-                            f"run `shanshui engine build` again")
-    return m
 
 
 def env_id(env: dict) -> str:
@@ -153,7 +122,6 @@ def build_engines(export_dir: Path, out_dir: Path | None = None, precision: str 
     modes(exported, precision, trt_major=10)  # TensorRT is even looked for (10: the most permissive version)
     label = shapes_label(buckets, dynamic)
     if env is None or builder is None:
-        from shanshui.engines import trt
 
         env = env or trt.environment()
         builder = builder or trt.build_engine
@@ -206,11 +174,11 @@ def check_engines(exported: ExportedModel, env: dict, engine_dir: Path | None = 
     rebuild = f"`shanshui engine build {exported.root}`"
     m = read_engine_manifest(folder) if folder.is_dir() else None
     if m is None:
-        raise ShanshuiError(f"no TensorRT engines in {folder}: build them with {rebuild}, {ALTERNATIVE}")
+        raise ShanshuiError(f"no TensorRT engines in {folder}: build them with {rebuild}, {TRT_ALTERNATIVE}")
     comps = m.get("components") or {}
     for comp in COMPONENTS:
         if comp not in comps or not (folder / comps[comp]["file"]).is_file():
-            raise ShanshuiError(f"{folder} has no {comp} engine (an interrupted build?): run {rebuild} again, {ALTERNATIVE}")
+            raise ShanshuiError(f"{folder} has no {comp} engine (an interrupted build?): run {rebuild} again, {TRT_ALTERNATIVE}")
     if len({(e["key"]["precision"], e.get("shapes")) for e in comps.values()}) > 1:
         raise ShanshuiError(f"the engines in {folder} were built with different settings (an interrupted build?): "
                             f"run {rebuild} again")
@@ -221,7 +189,7 @@ def check_engines(exported: ExportedModel, env: dict, engine_dir: Path | None = 
                 "gpu": env["gpu"]}
         if here != entry["key"]:
             raise ShanshuiError(f"the {comp} engine in {folder} is stale ({describe_change(entry['key'], here)}): "
-                                f"rebuild with {rebuild}, {ALTERNATIVE}")
+                                f"rebuild with {rebuild}, {TRT_ALTERNATIVE}")
     return {comp: folder / comps[comp]["file"] for comp in COMPONENTS}, m
 
 

@@ -16,12 +16,13 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ComponentSpec, ModelDims, ShapeSettings, check_size
+from shanshui.spec.contract import ComponentSpec, ModelDims, Precision, ShapeSettings, check_choice, check_size
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+TRT_ALTERNATIVE = "or use --backend onnxruntime --device cuda"  # ends every TensorRT error: what works without it
 BUILD_VERSION = 1  # bump when build settings change: every cached engine is rebuilt
 Profile = dict[str, list[list[int]]]  # input name -> [min, opt, max] shapes (lists: JSON round-trips them unchanged)
 
@@ -131,8 +132,7 @@ def network_mode(engine_precision: str, export_precision: str, graph_precision: 
     fp16_flag: TensorRT 10 may pick fp16 kernels inside an fp32 graph (BuilderFlag.FP16; removed in TensorRT 11).
     tf32: TF32 matmuls/convs allowed (cleared for fp32 engines, which serve as the exact reference).
     """
-    if engine_precision not in ENGINE_PRECISIONS:
-        raise ShanshuiError(f"precision {engine_precision!r} is not available; choose one of {', '.join(ENGINE_PRECISIONS)}")
+    check_choice("precision", engine_precision, Precision)
     if engine_precision == "fp32":
         if export_precision != "fp32":
             raise ShanshuiError(f"this is an {export_precision} export: build --precision {export_precision}, "
@@ -190,3 +190,17 @@ def describe_change(old: dict | None, new: dict, old_shapes: str | None = None, 
     if old.get("build_version") != new["build_version"]:
         reasons.append("shanshui's build settings changed")
     return "; ".join(reasons) or "its cache key changed"
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What trt.build_engine needs for one component."""
+
+    component: str
+    onnx_path: Path
+    profiles: list  # [{input name: [min, opt, max]}]
+    mode: dict  # network_mode
+    workspace_bytes: int | None = None
+
+
+Builder = Callable[[Path, EngineBuild, Path], bytes]  # (onnx path, what to build, timing cache file) -> serialized engine

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shanshui.engines.build import ALTERNATIVE, EngineBuild
-from shanshui.engines.plan import choose_profile, is_static
+from shanshui.engines.plan import TRT_ALTERNATIVE, EngineBuild, choose_profile, is_static
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import write_bytes_atomic
 
 NO_TENSORRT = ("TensorRT is not installed: pip install 'shanshui[tensorrt]' (NVIDIA's wheels, on PyPI and "
-               "https://pypi.nvidia.com), " + ALTERNATIVE)
+               "https://pypi.nvidia.com), " + TRT_ALTERNATIVE)
 NO_GPU = ("no CUDA GPU is visible here, and TensorRT runs on NVIDIA GPUs only: build and run engines on a GPU machine, "
           "or use --backend onnxruntime --device cpu")
 _LOGGER = None
@@ -31,10 +30,10 @@ def import_tensorrt():
         raise ShanshuiError(NO_TENSORRT) from None
     except OSError as e:  # the wheel is there but its libraries (libnvinfer, CUDA) do not load
         raise ShanshuiError(f"TensorRT is installed but does not load ({str(e).splitlines()[0]}): reinstall "
-                            f"'shanshui[tensorrt]' for this CUDA driver, {ALTERNATIVE}") from None
+                            f"'shanshui[tensorrt]' for this CUDA driver, {TRT_ALTERNATIVE}") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise ShanshuiError(f"TensorRT {trt.__version__} is too old, shanshui needs 10 or later: "
-                            f"pip install -U 'shanshui[tensorrt]', {ALTERNATIVE}")
+                            f"pip install -U 'shanshui[tensorrt]', {TRT_ALTERNATIVE}")
     return trt
 
 
@@ -82,7 +81,7 @@ def build_engine(onnx_path: Path, spec: EngineBuild, timing_cache: Path) -> byte
         parser.set_flag(native_norm)
     if not parser.parse_from_file(str(onnx_path)):
         first = str(parser.get_error(0)).splitlines()[0] if parser.num_errors else "unknown error"
-        raise ShanshuiError(f"TensorRT cannot parse {onnx_path}: {first}; re-export it, {ALTERNATIVE}")
+        raise ShanshuiError(f"TensorRT cannot parse {onnx_path}: {first}; re-export it, {TRT_ALTERNATIVE}")
     config = builder.create_builder_config()
     if spec.workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_bytes))
@@ -106,7 +105,7 @@ def build_engine(onnx_path: Path, spec: EngineBuild, timing_cache: Path) -> byte
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ShanshuiError(f"TensorRT could not build the {spec.component} engine (its messages are above): "
-                            f"try fewer --shapes or --precision fp32, {ALTERNATIVE}")
+                            f"try fewer --shapes or --precision fp32, {TRT_ALTERNATIVE}")
     write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
 
@@ -154,7 +153,7 @@ class TrtRunner:
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise ShanshuiError(f"TensorRT {trt.__version__} cannot load the {name} engine (built by another TensorRT or "
-                                f"for another GPU?): rebuild with `shanshui engine build`, {ALTERNATIVE}")
+                                f"for another GPU?): rebuild with `shanshui engine build`, {TRT_ALTERNATIVE}")
         e = self.engine
         names = [e.get_tensor_name(i) for i in range(e.num_io_tensors)]
         self.inputs = [n for n in names if e.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

@@ -1,1 +1,1 @@
-"""Export to ONNX: the component contract, the manifest and the exporter."""
+"""Export to ONNX (fp32): each component traced from PyTorch and checked against it, the tokenizer and configs beside\nit, the manifest written last. The contract and manifest formats live in shanshui.spec; lower precisions in quantize."""

@@ -9,7 +9,6 @@ are complete and checked. Re-running skips components whose source hash and sett
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import shutil
@@ -22,100 +21,24 @@ from typing import Callable
 
 import numpy as np
 
-from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ComponentSpec, ShapeSettings, components, parity_error
-from shanshui.export.graph_check import check_onnx
-from shanshui.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
-from shanshui.export.source import SourceModel, model_resolution, open_source, read_json
-from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
 from shanshui import limits
-from shanshui.fsutil import umask, write_json_atomic
+from shanshui.errors import ShanshuiError
+from shanshui.export.graph_check import check_onnx
+from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
+from shanshui.fsutil import make_out_dir, read_json, umask, write_json_atomic
 from shanshui.integrity import component_intact, record_files, remove_stale_temps
-from shanshui.runtime.clip_bpe import special_tokens
+from shanshui.hf import load_component, require_torch
+from shanshui.onnxrt import ort_session
+from shanshui.runtime.schedules import portable_config
+from shanshui.runtime.tokenizer import open_tokenizer
+from shanshui.spec.clip_bpe import special_tokens
+from shanshui.spec.contract import INPUT_IDS, SOURCE_FOLDER, TEXT_ENCODER, ComponentSpec, Precision, ShapeSettings
+from shanshui.spec.contract import components, parity_error
+from shanshui.spec.manifest import FORMAT_VERSION, MANIFEST, read_manifest
+from shanshui.spec.source import SourceModel, model_resolution, open_source
 
 OPSET = 17
 TWO_GB = 2**31
-SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae"}
-
-
-class Precision(str, enum.Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-def _require_torch():
-    try:
-        import diffusers  # noqa: F401
-        import onnx  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise ShanshuiError(f"export needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
-    quiet_hf()
-
-
-def quiet_hf() -> None:
-    """No per-file progress bars or info logs from transformers/diffusers in our output."""
-    import diffusers
-    import transformers
-
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-
-
-def _load_module(source: SourceModel, name: str):
-    """The PyTorch module for a component, wrapped so that it returns exactly the contract's outputs."""
-    import diffusers
-    import torch
-    import transformers
-
-    from shanshui.weights import load_strict
-
-    index = read_json(source.root / "model_index.json")
-    folder = source.root / SOURCE_FOLDER[name]
-    if name == "text_encoder":
-        cls = getattr(transformers, index.get("text_encoder", [None, "CLIPTextModel"])[1] or "CLIPTextModel")
-        model = load_strict(cls, folder, "text encoder", use_safetensors=True, torch_dtype=torch.float32)
-
-        class TextEncoder(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids):  # (B2, L) int64
-                out = self.m(input_ids, return_dict=True)
-                return out.last_hidden_state, out.pooler_output  # (B2, L, D), (B2, D)
-
-        return TextEncoder(model).eval()
-    if name == "unet":
-        model = load_strict(diffusers.UNet2DConditionModel, folder, "U-Net", use_safetensors=True, torch_dtype=torch.float32)
-
-        class UNet(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, sample, timestep, encoder_hidden_states):  # (B2, C, h, w), (B2,), (B2, L, D)
-                return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]  # (B2, C, h, w)
-
-        return UNet(model).eval()
-    model = load_strict(diffusers.AutoencoderKL, folder, "VAE", use_safetensors=True, torch_dtype=torch.float32)
-    if name == "vae_encoder":
-        from shanshui.export.vae_encoder import VaeEncoder
-
-        return VaeEncoder(model).eval()
-
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, latent_sample):  # (B, C, h, w), already divided by scaling_factor
-            return self.m.decode(latent_sample, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-
-    return VaeDecoder(model).eval()
 
 
 def _check_values(spec: ComponentSpec, source: SourceModel, shapes: ShapeSettings) -> list[dict[str, int]]:
@@ -139,8 +62,6 @@ def _prompt_ids(source: SourceModel, fallback: np.ndarray, seed: int) -> np.ndar
     Random ids are a poor parity input for a trained text encoder: sequences no tokenizer makes (padding inside,
     never-trained tokens) drive attention into regimes where rounding differences grow ~10× per layer.
     """
-    from shanshui.runtime.tokenizer import open_tokenizer
-
     try:
         tok = open_tokenizer(source.root / "tokenizer", fallback.shape[1])
     except ShanshuiError:
@@ -153,10 +74,9 @@ def _prompt_ids(source: SourceModel, fallback: np.ndarray, seed: int) -> np.ndar
 def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSettings, folder: Path) -> dict:
     """Export one component into `folder` (a temp dir), check it, and return its manifest entry (minus the key)."""
     import onnx
-    import onnxruntime as ort
     import torch
 
-    module = _load_module(source, spec.name)
+    module = load_component(source, spec.name)
     checks = _check_values(spec, source, shapes)
     example = {k: torch.from_numpy(v) for k, v in spec.sample_inputs(source.dims, checks[0]).items()}
     raw = folder / "raw" / "model.onnx"
@@ -182,14 +102,30 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
     check_onnx(final)
     export_s = time.perf_counter() - t0
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(final), opts, providers=["CPUExecutionProvider"])
+    errors = _check_parity(spec, source, module, ort_session(final), checks)
+    del module
+    sizes, hashes = record_files(folder, sorted(p.name for p in folder.iterdir()))
+    return {
+        "file": f"{spec.name}/model.onnx",
+        "files": sizes,
+        "sha256": hashes,
+        "inputs": [asdict(t) for t in spec.inputs],
+        "outputs": [asdict(t) for t in spec.outputs],
+        "profile": {k: [list(s) for s in v] for k, v in spec.profile(source.dims, shapes).items()},
+        "parity": errors,
+        "export_seconds": round(export_s, 2),
+    }
+
+
+def _check_parity(spec: ComponentSpec, source: SourceModel, module, session, checks: list[dict[str, int]]) -> list[dict]:
+    """Run the ONNX session and the PyTorch module on the same inputs at each check shape; raise past the tolerance."""
+    import torch
+
     errors = []
     for i, values in enumerate(checks):
         feeds = spec.sample_inputs(source.dims, values, seed=i)
-        if spec.name == "text_encoder":
-            feeds["input_ids"] = _prompt_ids(source, feeds["input_ids"], seed=i)
+        if spec.name == TEXT_ENCODER:
+            feeds[INPUT_IDS] = _prompt_ids(source, feeds[INPUT_IDS], seed=i)
         with torch.no_grad():
             ref = module(*[torch.from_numpy(v) for v in feeds.values()])
         ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
@@ -205,26 +141,13 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
                     f"{g.shape}; the export is wrong, nothing was written"
                 )
             errors.append({"output": t.name, "shape": list(g.shape), "max_abs_error": err, "allowed": allowed})
-    del session, module
-    sizes, hashes = record_files(folder, sorted(p.name for p in folder.iterdir()))
-    return {
-        "file": f"{spec.name}/model.onnx",
-        "files": sizes,
-        "sha256": hashes,
-        "inputs": [asdict(t) for t in spec.inputs],
-        "outputs": [asdict(t) for t in spec.outputs],
-        "profile": {k: [list(s) for s in v] for k, v in spec.profile(source.dims, shapes).items()},
-        "parity": errors,
-        "export_seconds": round(export_s, 2),
-    }
+    return errors
 
 
 def _copy_side_files(source: SourceModel, out: Path) -> dict:
     """Scheduler, tokenizer (tokenizer.json for the runtime; CLIP's BPE files as well, see tokenizer_files) and configs."""
     for sub in ("scheduler", "tokenizer"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    from shanshui.runtime.schedules import portable_config
-
     write_json_atomic(out / "scheduler" / "scheduler_config.json", portable_config(source.scheduler))
     tok_src = source.root / "tokenizer"
     tok_cfg = read_json(tok_src / "tokenizer_config.json")
@@ -258,37 +181,16 @@ def export_model(
     width: int | None = None,
     max_batch: int = 4,
     on_event: Callable[[str, str], None] = lambda component, what: None,
-    check: bool = True,
-    int8_target: str = "cpu",
 ) -> dict:
-    """Export (or reuse) every component; returns the manifest. `on_event(component, 'skip'|'export'|'done')`.
+    """Export (or reuse) every component in fp32; returns the manifest. `on_event(component, 'skip'|'export'|'done')`.
 
-    Lower precisions are made from an fp32 export kept in OUT/.fp32 (the quality gate's reference).
+    fp16 and int8 are made from an fp32 export by shanshui.quantize.convert.export_at.
     """
-    if precision not in {p.value for p in Precision}:
-        raise ShanshuiError(f"precision {precision!r} is not available; choose one of {', '.join(p.value for p in Precision)}")
-    limits.check_export(height, width, max_batch)
     if precision != Precision.fp32.value:
-        from shanshui.quantize import quantize_export
-
-        out = Path(out_dir) if out_dir is not None else default_out_dir(Path(model_dir), precision)
-        export_model(model_dir, out / ".fp32", "fp32", height, width, max_batch, on_event)
-        return quantize_export(out / ".fp32", out, precision, check=check, on_event=on_event, int8_target=int8_target)
-    source = open_source(model_dir)
-    res = model_resolution(source.root)
-    h, w = (res if height is None else height), (res if width is None else width)
-    shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
-    shapes.check(source.dims)
-    out = limits.new_folder(Path(out_dir) if out_dir is not None else default_out_dir(source.root, precision))
-    specs = components(source.dims)
-    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in specs}  # refuses pickles, cut files
-    _require_torch()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
-    remove_stale_temps(out, [*specs, MANIFEST])
+        raise ShanshuiError(f"export_model writes fp32; {precision} comes from quantize.convert.export_at")
+    source, shapes, out, hashes = _plan(model_dir, out_dir, height, width, max_batch)
     old = read_manifest(out) or {}
+    specs = components(source.dims)
     keys = {n: {"source_hash": hashes[n], "precision": precision, "opset": OPSET, "shapes": asdict(shapes)} for n in specs}
 
     def still_valid(name: str) -> bool:
@@ -311,17 +213,7 @@ def export_model(
             on_event(name, "skip")
             continue
         on_event(name, "export")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
-        try:
-            entry = _export_component(spec, source, shapes, tmp)
-            # the manifest never lists a component while its files are being replaced
-            write_json_atomic(out / MANIFEST, manifest)
-            dest = out / name
-            for f in sorted(entry["files"], key=lambda f: f == "model.onnx"):  # data first, model.onnx last
-                os.chmod(tmp / f, 0o666 & ~umask())  # onnx writes external data as 0600
-                (tmp / f).replace(dest / f)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        entry = _export_into(spec, source, shapes, out, manifest)
         entry["key"] = keys[name]
         manifest["components"][name] = entry
         write_json_atomic(out / MANIFEST, manifest)
@@ -330,3 +222,37 @@ def export_model(
     write_json_atomic(out / MANIFEST, manifest)
     manifest["out_dir"] = str(out)
     return manifest
+
+
+def _plan(model_dir: Path, out_dir: Path | None, height: int | None, width: int | None,
+          max_batch: int) -> tuple[SourceModel, ShapeSettings, Path, dict[str, str]]:
+    """Check the options, the source folder (its weights: safetensors, whole) and OUT before anything heavy is
+    loaded or OUT is made; returns the source's component hashes too. Stale temps of a killed export are removed."""
+    limits.check_export(height, width, max_batch)
+    source = open_source(model_dir)
+    res = model_resolution(source.root)
+    h, w = (res if height is None else height), (res if width is None else width)
+    shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
+    shapes.check(source.dims)
+    out = limits.new_folder(Path(out_dir) if out_dir is not None else default_out_dir(source.root, Precision.fp32.value))
+    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in components(source.dims)}  # refuses pickles
+    require_torch()
+    make_out_dir(out)
+    remove_stale_temps(out, [*components(source.dims), MANIFEST])
+    return source, shapes, out, hashes
+
+
+def _export_into(spec: ComponentSpec, source: SourceModel, shapes: ShapeSettings, out: Path, manifest: dict) -> dict:
+    """Export one component in a temp folder inside OUT, then rename its files into OUT/<component>/."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=out))
+    try:
+        entry = _export_component(spec, source, shapes, tmp)
+        # the manifest never lists a component while its files are being replaced
+        write_json_atomic(out / MANIFEST, manifest)
+        dest = out / spec.name
+        for f in sorted(entry["files"], key=lambda f: f == "model.onnx"):  # data first, model.onnx last
+            os.chmod(tmp / f, 0o666 & ~umask())  # onnx writes external data as 0600
+            (tmp / f).replace(dest / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry

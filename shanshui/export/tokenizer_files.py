@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.spec.clip_bpe import bpe_files_from_json, clip_tokenizer, special_tokens
 
 
 def is_clip_bpe(folder: Path, index: dict) -> bool:
@@ -24,7 +25,6 @@ def is_clip_bpe(folder: Path, index: dict) -> bool:
 
 def write_tokenizer_folder(src: Path, dst: Path, index: dict) -> None:
     """Copy the tokenizer from `src` to `dst`, completing whichever form a reader needs."""
-    from shanshui.runtime.clip_bpe import bpe_files_from_json, clip_tokenizer, special_tokens
 
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

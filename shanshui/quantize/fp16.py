@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.export.graph_check import topological_sort
+from shanshui.onnxrt import ort_session
 
 # Ops computed in fp32 inside the fp16 graph: normalisations, softmax, and the pieces of decomposed norms.
 FP16_BLOCK_OPS = (
@@ -61,7 +63,6 @@ def convert_fp16(src: Path, dst: Path, block_ops: tuple[str, ...] = FP16_BLOCK_O
     load_external_data_for_model(model, str(Path(src).parent))
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(block_ops),
                                     disable_shape_infer=True)
-    from shanshui.export.graph_check import topological_sort
 
     topological_sort(fp16.graph)  # the converter appends its input casts last; other consumers need producers first
     return save_onnx(fp16, dst)
@@ -69,9 +70,5 @@ def convert_fp16(src: Path, dst: Path, block_ops: tuple[str, ...] = FP16_BLOCK_O
 
 def outputs_finite(path: Path, feeds: dict[str, np.ndarray]) -> bool:
     """Whether every output of the model at `path` is finite on `feeds`."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     return all(np.isfinite(o).all() for o in sess.run(None, feeds))

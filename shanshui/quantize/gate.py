@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.eval import evaluate
+from shanshui.metrics import psnr, snr_db, ssim
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 # Floors per precision; raise them when models allow, never lower them silently.
 FLOORS = {"fp16": {"psnr_db": 35.0}, "int8": {"psnr_db": 25.0, "ssim": 0.85}}
@@ -35,20 +38,13 @@ class _Recorder:
         return out
 
 
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    err = float(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
-    return float("inf") if err == 0 else 10 * np.log10(float(np.mean(ref.astype(np.float64) ** 2)) / err)
-
-
 def check_quality(reference: Path, candidate: Path, precision: str, prompts=None, seeds=None,
                   steps: int = 10, threads: int | None = None) -> dict:
     """Compare two exports image by image (GATE_PROMPTS × GATE_SEEDS by default); returns the report with `passed`."""
-    from shanshui.metrics import psnr, ssim
-    from shanshui.runtime.pipeline import Pipeline, Request
 
     prompts, seeds = prompts or GATE_PROMPTS, seeds or GATE_SEEDS
-    ref_pipe = Pipeline(reference, threads=threads)
-    cand_pipe = Pipeline(candidate, threads=threads)
+    ref_pipe = open_pipeline(reference, threads=threads)
+    cand_pipe = open_pipeline(candidate, threads=threads)
     recorder = _Recorder(ref_pipe.components.unet)
     ref_pipe.components.unet = recorder
     images, step_snr, pairs = [], [], []
@@ -81,8 +77,6 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
 
 def _img2img_images(ref_pipe, cand_pipe, inits, prompt: str, seeds, steps: int, strength: float = 0.6) -> list[dict]:
     """Image-to-image rows of the gate (when both exports have a VAE encoder): fp32's first paintings repainted."""
-    from shanshui.metrics import psnr, ssim
-    from shanshui.runtime.pipeline import Request
 
     if not (getattr(ref_pipe.components, "has_encoder", False) and getattr(cand_pipe.components, "has_encoder", False)):
         return []
@@ -99,15 +93,14 @@ def attribute_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """How often `shanshui eval`'s attribute classifier reads the same attributes in the candidate's image as in
     fp32's (reported, not a floor). Uses the classifier only if `shanshui eval` trained it on this machine."""
     try:
-        from shanshui.train.evaluate import cached_classifier, predict, thumbnails
 
-        net = cached_classifier()
+        net = evaluate.cached_classifier()
     except ImportError:  # no torch
         net = None
     if net is None:
         return {"available": False, "why": "the attribute classifier is not trained on this machine (run `shanshui eval` once)"}
-    ref = predict(net, thumbnails([a for a, _ in pairs]))
-    got = predict(net, thumbnails([b for _, b in pairs]))
+    ref = evaluate.predict(net, evaluate.thumbnails([a for a, _ in pairs]))
+    got = evaluate.predict(net, evaluate.thumbnails([b for _, b in pairs]))
     per = {k: round(float(np.mean(ref[k] == got[k])), 3) for k in ref}
     return {"available": True, "per_attribute": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 

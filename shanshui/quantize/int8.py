@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.metrics import psnr, snr_db, to_uint8
+from shanshui.onnxrt import ort_session
+from shanshui.quantize.sensitivity import isolated_layer_snr
+from shanshui.runtime.pipeline import Request, open_pipeline
+from shanshui.spec.contract import ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET
+from shanshui.spec.contract import ALL_COMPONENTS, VAE_DECODER, VAE_ENCODER
 
 MIN_LAYER_SNR_DB = 25.0  # a layer whose own int8 output SNR is below this stays float (typical layers: 35-45 dB)
 ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj")  # name fragments of float layers
@@ -57,24 +63,23 @@ def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None =
                  size: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
     U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
-    from shanshui.runtime.pipeline import Pipeline, Request
 
-    pipe = Pipeline(export, threads=threads)
-    feeds: dict[str, list] = {"text_encoder": [], "unet": [], "vae_decoder": [], "vae_encoder": []}
+    pipe = open_pipeline(export, threads=threads)
+    feeds: dict[str, list] = {c: [] for c in ALL_COMPONENTS}
     te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 
     def text_encoder(ids):
-        feeds["text_encoder"].append({"input_ids": ids})
+        feeds[TEXT_ENCODER].append({INPUT_IDS: ids})
         return te(ids)
 
     def recording_unet(x, t, cond):
-        feeds["unet"].append({"sample": x, "timestep": t, "encoder_hidden_states": cond})
+        feeds[UNET].append({SAMPLE: x, TIMESTEP: t, ENCODER_HIDDEN_STATES: cond})
         return unet(x, t, cond)
 
     def vae_decoder(z):
-        feeds["vae_decoder"].append({"latent_sample": z})
+        feeds[VAE_DECODER].append({LATENT_SAMPLE: z})
         images = dec(z)
-        feeds["vae_encoder"].append({"sample": np.clip(images, -1, 1).astype(np.float32)})  # the encoder's inputs: paintings
+        feeds[VAE_ENCODER].append({SAMPLE: np.clip(images, -1, 1).astype(np.float32)})  # the encoder's inputs: paintings
         return images
 
     pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder = text_encoder, recording_unet, vae_decoder
@@ -183,8 +188,6 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
     """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float."""
     import onnx
 
-    from shanshui.quantize.sensitivity import isolated_layer_snr
-
     try:
         import onnxruntime.quantization  # noqa: F401
     except ImportError as e:
@@ -204,31 +207,16 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
             "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr, "snr_measure": "isolated (one layer in int8)"}
 
 
-def quantize_unet_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = MIN_LAYER_SNR_DB,
-                       probe_feeds: int = 4) -> dict:
-    """The U-Net: conv_in, conv_out and the time embedding stay float by rule, the rest by measurement."""
-    return quantize_int8(src, dst, feeds, fmt, min_layer_snr_db, probe_feeds, ALWAYS_FLOAT)
-
-
 def output_quality(ref_path: Path, got_path: Path, feeds, output: str, images: bool) -> float:
     """Worst, over `feeds`, of the candidate's output quality against fp32: image PSNR (images=True, outputs in
     [-1, 1]) or SNR in dB."""
-    import onnxruntime as ort
-
-    from shanshui.metrics import psnr
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    ref = ort.InferenceSession(str(ref_path), opts, providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(str(got_path), opts, providers=["CPUExecutionProvider"])
+    ref, got = ort_session(ref_path), ort_session(got_path)
     worst = float("inf")
     for feed in feeds:
         a, b = ref.run([output], feed)[0], got.run([output], feed)[0]
         if images:
-            to_u8 = lambda v: np.round((np.clip(v, -1, 1).transpose(0, 2, 3, 1) + 1) * 127.5).astype(np.uint8)  # noqa: E731
-            q = min(psnr(x, y) for x, y in zip(to_u8(a), to_u8(b)))
+            q = min(psnr(x, y) for x, y in zip(to_uint8(a), to_uint8(b)))
         else:
-            err = float(np.sum((a.astype(np.float64) - b) ** 2))
-            q = float("inf") if err == 0 else 10 * np.log10(float(np.sum(a.astype(np.float64) ** 2)) / err)
+            q = snr_db(a, b)
         worst = min(worst, q)
     return round(float(worst), 2)

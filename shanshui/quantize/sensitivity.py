@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shanshui.onnxrt import ort_session
+
 
 def fake_quant_activation(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """uint8 asymmetric round trip over [lo, hi] (widened to contain 0, as ONNX Runtime does)."""
@@ -57,13 +59,7 @@ def _single_node_model(node, weights: dict[str, np.ndarray], opset: int):
 
 
 def _session(model: bytes | str, keep_all: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if keep_all:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor stays addressable
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort_session(model, optimize=not keep_all)  # keep_all: every tensor stays addressable
 
 
 def layer_inputs(model_path: Path, feeds: list[dict], nodes: list[str], keep: set[int]) -> tuple[dict, dict]:

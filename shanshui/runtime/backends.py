@@ -11,10 +11,33 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import read_json
+from shanshui.hf import quiet_hf
+from shanshui.spec.contract import COMPONENTS, ENCODER_HIDDEN_STATES, INPUT_IDS, LAST_HIDDEN_STATE, LATENT_PARAMETERS
+from shanshui.spec.contract import LATENT_SAMPLE, OUT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET, VAE_DECODER, VAE_ENCODER
+from shanshui.spec.contract import TorchPrecision, check_choice
+from shanshui.runtime import torch_cuda
+from shanshui.weights import load_strict
+
+
+class Components(Protocol):
+    """What the pipeline needs of a backend (OrtComponents, TorchComponents, trt_backend.TrtComponents)."""
+
+    name: str
+    has_encoder: bool
+
+    def text_encoder(self, input_ids: np.ndarray) -> np.ndarray: ...  # (B2, L) int64 -> (B2, L, D)
+
+    def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray: ...  # -> ε or v (B2, C, h, w)
+
+    def vae_decoder(self, z: np.ndarray) -> np.ndarray: ...  # (B, C, h, w) -> (B, 3, H, W) in [-1, 1]
+
+    def vae_encoder(self, image: np.ndarray) -> np.ndarray: ...  # (B, 3, H, W) -> latent mean (B, C, h, w); if has_encoder
 
 
 class Backend(str, enum.Enum):
@@ -22,13 +45,6 @@ class Backend(str, enum.Enum):
     onnxruntime = "onnxruntime"
     torch = "torch"
     tensorrt = "tensorrt"
-
-
-class TorchPrecision(str, enum.Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-    int8 = "int8"
 
 
 class Device(str, enum.Enum):
@@ -40,7 +56,7 @@ class Device(str, enum.Enum):
 # Whether a component's ONNX Runtime pool threads spin between calls. Spinning pays for the U-Net, called back to
 # back; the text encoder's threads would spin on after its single call and take CPU from the first U-Net steps (on a
 # 2-core machine a probe read ~2x slow for 10-30 ms after a spinning session's call). scripts/spin_ab.py measures it.
-SPINNING = {"text_encoder": False, "unet": True, "vae_decoder": False, "vae_encoder": False}
+SPINNING = {TEXT_ENCODER: False, UNET: True, VAE_DECODER: False, VAE_ENCODER: False}
 
 
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -73,8 +89,8 @@ class OrtComponents:
             once.intra_op_num_threads, once.inter_op_num_threads = int(threads), 1
         once.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
-        optional = ("vae_encoder",) if "vae_encoder" in model.manifest["components"] else ()
-        for comp in ("text_encoder", "unet", "vae_decoder") + optional:
+        optional = (VAE_ENCODER,) if VAE_ENCODER in model.manifest["components"] else ()
+        for comp in COMPONENTS + optional:
             path = model.onnx_path(comp)
             try:
                 self.sessions[comp] = ort.InferenceSession(str(path), opts if SPINNING[comp] else once,
@@ -82,13 +98,13 @@ class OrtComponents:
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
                 raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
 
-        self.has_encoder = "vae_encoder" in self.sessions
+        self.has_encoder = VAE_ENCODER in self.sessions
         # input dtypes as each graph declares them (Optimum exports take int32 ids, some an int64 timestep)
         self.dtypes = {(c, i.name): ORT_DTYPES.get(i.type, np.float32) for c, s in self.sessions.items() for i in s.get_inputs()}
         # Optimum's U-Net takes the timestep as a scalar (one timestep per call, as the denoiser always gives)
-        self.scalar_t = [len(i.shape) for i in self.sessions["unet"].get_inputs() if i.name == "timestep"] == [0]
+        self.scalar_t = [len(i.shape) for i in self.sessions[UNET].get_inputs() if i.name == TIMESTEP] == [0]
 
-    def _feed(self, comp: str, **arrays) -> dict:
+    def _feed(self, comp: str, arrays: dict) -> dict:
         feeds = {}
         for name, v in arrays.items():
             dtype = self.dtypes[(comp, name)]
@@ -99,17 +115,17 @@ class OrtComponents:
         return feeds
 
     def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.sessions["text_encoder"].run(["last_hidden_state"], self._feed("text_encoder", input_ids=input_ids))[0]
+        return self.sessions[TEXT_ENCODER].run([LAST_HIDDEN_STATE], self._feed(TEXT_ENCODER, {INPUT_IDS: input_ids}))[0]
 
     def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        feeds = self._feed("unet", sample=x, timestep=t[0] if self.scalar_t else t, encoder_hidden_states=cond)
-        return self.sessions["unet"].run(["out_sample"], feeds)[0]
+        feeds = self._feed(UNET, {SAMPLE: x, TIMESTEP: t[0] if self.scalar_t else t, ENCODER_HIDDEN_STATES: cond})
+        return self.sessions[UNET].run([OUT_SAMPLE], feeds)[0]
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
-        return self.sessions["vae_decoder"].run(["sample"], self._feed("vae_decoder", latent_sample=z))[0]
+        return self.sessions[VAE_DECODER].run([SAMPLE], self._feed(VAE_DECODER, {LATENT_SAMPLE: z}))[0]
 
     def vae_encoder(self, image: np.ndarray) -> np.ndarray:
-        params = self.sessions["vae_encoder"].run(["latent_parameters"], self._feed("vae_encoder", sample=image))[0]
+        params = self.sessions[VAE_ENCODER].run([LATENT_PARAMETERS], self._feed(VAE_ENCODER, {SAMPLE: image}))[0]
         return params[:, : params.shape[1] // 2]  # the mean; the log-variance follows
 
 
@@ -138,9 +154,6 @@ class TorchComponents:
             import transformers
         except ImportError as e:
             raise ShanshuiError(f"the torch backend needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
-        from shanshui.export.onnx_export import quiet_hf
-        from shanshui.export.source import read_json
-        from shanshui.weights import load_strict
 
         quiet_hf()
         if device == "cuda" and not torch.cuda.is_available():
@@ -148,13 +161,11 @@ class TorchComponents:
         device = "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
         if threads and device == "cpu":
             torch.set_num_threads(int(threads))
-        if dtype not in {p.value for p in TorchPrecision}:
-            raise ShanshuiError(f"precision {dtype!r} is not available; choose one of {', '.join(p.value for p in TorchPrecision)}")
+        check_choice("precision", dtype, TorchPrecision)
         if dtype in ("fp16", "bf16") and device == "cpu":
             raise ShanshuiError(f"{dtype} on the CPU is slower than fp32 in PyTorch; use fp32 there, or --device cuda")
         if (cuda_graphs or compile) and device != "cuda":
             raise ShanshuiError("CUDA graphs and torch.compile here need a CUDA GPU: use --device cuda, or --no-cuda-graphs")
-        from shanshui.runtime import torch_cuda
 
         torch_dtype = getattr(torch, torch_cuda.load_dtype(dtype, device))
         index = read_json(Path(root) / "model_index.json")
@@ -195,10 +206,3 @@ class TorchComponents:
 
     def vae_encoder(self, image: np.ndarray) -> np.ndarray:
         return self._run(lambda a: self.vae.encode(a, return_dict=False)[0].mean, image.astype(np.float32))
-
-
-def default_threads() -> int | None:
-    """SHANSHUI_THREADS, else let the runtime decide; a value that is no thread count is an error, never ignored."""
-    from shanshui.limits import env_threads
-
-    return env_threads()

@@ -8,6 +8,7 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.schedules import sigma_to_t
+from shanshui.runtime.schedules import train_sigmas
 
 UNet = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (B2,C,h,w) f32, (B2,) f32, (B2,L,D) f32 -> (B2,C,h,w)
 
@@ -44,6 +45,5 @@ class GuidedDenoiser:
     @classmethod
     def from_scheduler(cls, unet: UNet, cond, uncond, guidance: float, cfg: dict) -> "GuidedDenoiser":
         """Settings from a diffusers scheduler_config.json."""
-        from shanshui.runtime.schedules import train_sigmas
 
         return cls(unet, cond, uncond, guidance, train_sigmas(cfg), cfg.get("prediction_type", "epsilon"))

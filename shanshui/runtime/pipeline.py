@@ -13,19 +13,18 @@ import numpy as np
 from shanshui import limits
 from shanshui.errors import ShanshuiError
 from shanshui.integrity import check_finite
+from shanshui.metrics import to_uint8
 from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
 from shanshui.runtime.tokenizer import open_tokenizer
-
-SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
-    "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
-    "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
-    "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
-}
+from shanshui.runtime.trt_backend import TrtComponents
+from shanshui.spec.engine_manifest import read_engine_manifest
+from shanshui.spec.folders import default_model_dir, folder_kind
+from shanshui.spec.manifest import MANIFEST, open_exported
+from shanshui.spec.source import model_resolution, open_source
 
 
 @dataclass
@@ -52,111 +51,20 @@ class Result:
     negative_truncated: bool = False
 
 
-def default_model_dir() -> Path:
-    """The model shipped inside the package (its ONNX export)."""
-    from shanshui import models
-
-    path = models.default_model_path()
-    if path is None:
-        raise ShanshuiError("no default model ships with this install yet; pass --model with an export or diffusers folder")
-    return path
-
-
-def _kind(root: Path) -> str:
-    from shanshui.engines.build import ENGINE_MANIFEST
-    from shanshui.export.manifest import MANIFEST
-
-    if not root.is_dir():
-        raise ShanshuiError(f"model folder {root} does not exist; pass an export folder or a diffusers folder")
-    if (root / MANIFEST).is_file():
-        return "onnx"
-    from shanshui.export.foreign import is_foreign_onnx
-
-    if is_foreign_onnx(root):  # Optimum's ONNX layout, no manifest of ours
-        return "onnx"
-    if (root / ENGINE_MANIFEST).is_file():
-        return "engines"
-    if (root / "model_index.json").is_file() and (root / "unet").is_dir():
-        return "diffusers"
-    raise ShanshuiError(f"{root} is neither a shanshui export nor a diffusers folder; make one with `shanshui export` or `shanshui init`")
-
-
 class Pipeline:
-    """A loaded model: tokenizer, components on one backend, scheduler config and sizes."""
+    """A loaded model: tokenizer, components on one backend (see runtime.backends), scheduler config and sizes."""
 
-    def __init__(self, model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                 precision: str | None = None, cuda_graphs: bool | None = None, request: Request | None = None):
-        """`request`, when given, is validated against the model before any component loads."""
-        t0 = time.perf_counter()
-        root = Path(model_dir) if model_dir is not None else default_model_dir()
-        kind, engine_dir = _kind(root), None
-        if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
-            from shanshui.engines.build import read_engine_manifest
-            from shanshui.export.manifest import MANIFEST
-
-            engine_dir, root = root, Path(read_engine_manifest(root)["export"])
-            backend = "tensorrt" if backend == "auto" else backend
-            if not (root / MANIFEST).is_file():
-                raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
-                                    f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
-            kind = "onnx"
-        backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
-        if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
-            raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
-        if kind == "diffusers" and backend != "torch":
-            raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
-        if precision not in (None, "fp32") and backend != "torch":
-            raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
-                                f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
-        if cuda_graphs and backend == "onnxruntime":
-            raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
-        self.root, self.backend = root, backend
-        self.host_memory = backend != "tensorrt" and device != "cuda"  # activations live in this machine's memory
-        if kind == "onnx":
-            from shanshui.export.manifest import open_exported
-
-            exported = open_exported(root)
-            m = exported.manifest
-            self.dims = exported.dims
-            self.default_size = (exported.shapes.height, exported.shapes.width)
-            self.scaling_factor = float(m["vae_scaling_factor"])
-            self.tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-            self.size_range = (self.dims.size_multiple, exported.shapes.max_size)  # min_size is TensorRT's, ORT runs smaller
-            if request is not None:
-                self.validate(request)
-            if backend == "tensorrt":
-                from shanshui.runtime.trt_backend import TrtComponents
-
-                self.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
-            else:
-                self.components = OrtComponents(exported, device=device, threads=threads)
-        else:
-            from shanshui.export.source import model_resolution, open_source
-
-            source = open_source(root)
-            self.dims = source.dims
-            res = model_resolution(root)
-            self.default_size = (res, res)
-            self.scaling_factor = source.vae_scaling_factor
-            self.tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-            self.size_range = (self.dims.size_multiple, limits.DEFAULT_MAX_SIZE)
-            if request is not None:
-                self.validate(request)
-            self.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
-                                                          cuda_graphs=bool(cuda_graphs))
-        with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
-            self.scheduler = schedules.with_class_defaults(json.load(f))
-        self.load_seconds = time.perf_counter() - t0
-
-    @classmethod
-    def from_parts(cls, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
-                   root: Path | None = None, backend: str = "torch") -> "Pipeline":
-        """A pipeline over components already in memory (e.g. the models being trained)."""
-        self = cls.__new__(cls)
+    def __init__(self, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
+                 root: Path | None = None, backend: str = "torch", load_seconds: float = 0.0,
+                 size_range: tuple[int, int] | None = None, host_memory: bool = False):
+        """A pipeline over loaded components (open_pipeline loads them from a folder; training passes its own).
+        size_range: the smallest and largest image side (None: any multiple of the stride); host_memory: whether
+        activations live in this machine's memory (then a request that cannot fit is refused)."""
         self.components, self.tokenizer, self.dims = components, tokenizer, dims
         self.scheduler = schedules.with_class_defaults(scheduler)
-        self.scaling_factor, self.default_size, self.root, self.backend, self.load_seconds = scaling_factor, size, root, backend, 0.0
-        return self
+        self.scaling_factor, self.default_size = scaling_factor, size
+        self.root, self.backend, self.load_seconds = root, backend, load_seconds
+        self.size_range, self.host_memory = size_range, host_memory
 
     def validate(self, req: Request) -> tuple[int, int]:
         limits.check_request(req)
@@ -172,13 +80,11 @@ class Pipeline:
                 raise ShanshuiError(f"{name} {v} is not a positive multiple of 8; try {max(8, round(v / 8) * 8)}")
             if v % m:
                 raise ShanshuiError(f"{name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
-            limits.check_size(name, v, m, *getattr(self, "size_range", (m, max(v, *self.default_size))), f"model {self.label()}")
-        if getattr(self, "host_memory", False):
-            limits.check_memory(req.num_images, h, w, self.dims.vae_scale, m, getattr(self, "size_range", (m,))[0])
+            lo, hi = self.size_range or (m, max(v, *self.default_size))
+            limits.check_size(name, v, m, lo, hi, f"model {model_label(self.root) if self.root else 'in memory'}")
+        if self.host_memory:
+            limits.check_memory(req.num_images, h, w, self.dims.vae_scale, m, (self.size_range or (m,))[0])
         return h, w
-
-    def label(self) -> str:
-        return Path(self.root).name if self.root is not None else "in memory"
 
     def __call__(self, req: Request, callback: Callable[[int, int], None] | None = None) -> Result:
         h, w = self.validate(req)
@@ -208,7 +114,7 @@ class Pipeline:
 
         t2 = time.perf_counter()
         decoded = check_finite("VAE decoder", self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32)))
-        images = [np.round((np.clip(d, -1, 1).transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8) for d in decoded]
+        images = list(to_uint8(decoded))  # each (H, W, 3)
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
         params = {**asdict(req), "height": h, "width": w, "backend": self.backend, "model": model_label(self.root),
@@ -216,3 +122,61 @@ class Pipeline:
         if req.init_image is None:
             params.pop("strength")
         return Result(images=images, params=params, timings=timings, truncated=truncated[0], negative_truncated=truncated[n])
+
+
+def open_pipeline(model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                  precision: str | None = None, cuda_graphs: bool | None = None, request: Request | None = None) -> Pipeline:
+    """Load a model folder (export, engine folder or diffusers folder; default: the shipped model) on a backend
+    (`auto`: the folder's own). Every choice, and `request` when given, is checked before anything is loaded."""
+    t0 = time.perf_counter()
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    root, kind, engine_dir, backend = _resolve(root, backend, precision, cuda_graphs)
+    if kind == "onnx":
+        exported = open_exported(root)  # sizes and hashes of its files checked
+        m = exported.manifest
+        dims, size = exported.dims, (exported.shapes.height, exported.shapes.width)
+        scaling_factor, top = float(m["vae_scaling_factor"]), exported.shapes.max_size  # its min_size is TensorRT's
+        tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
+    else:
+        source = open_source(root)
+        res = model_resolution(root)
+        dims, size, scaling_factor, top = source.dims, (res, res), source.vae_scaling_factor, limits.DEFAULT_MAX_SIZE
+        tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
+    with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
+        scheduler = json.load(f)
+    pipe = Pipeline(None, tokenizer, scheduler, dims, scaling_factor, size, root, backend,
+                    size_range=(dims.size_multiple, top), host_memory=backend != "tensorrt" and device != "cuda")
+    if request is not None:
+        pipe.validate(request)  # before any component loads
+    if kind != "onnx":
+        pipe.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
+                                                      cuda_graphs=bool(cuda_graphs))
+    elif backend == "tensorrt":
+        pipe.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+    else:
+        pipe.components = OrtComponents(exported, device=device, threads=threads)
+    pipe.load_seconds = time.perf_counter() - t0
+    return pipe
+
+
+def _resolve(root: Path, backend: str, precision: str | None, cuda_graphs: bool | None) -> tuple[Path, str, Path | None, str]:
+    """(model root, 'onnx' or 'diffusers', engine folder or None, backend), or a one-line error for a bad combination."""
+    kind, engine_dir = folder_kind(root), None
+    if kind == "engines":  # a folder from `shanshui engine build --out`: it names its export
+        engine_dir, root = root, Path(read_engine_manifest(root)["export"])
+        backend = "tensorrt" if backend == "auto" else backend
+        if not (root / MANIFEST).is_file():
+            raise ShanshuiError(f"the engines in {engine_dir} were built from {root}, which is no longer an export; "
+                                f"rebuild them with `shanshui engine build EXPORT --out {engine_dir}`")
+        kind = "onnx"
+    backend = {"onnx": "onnxruntime", "diffusers": "torch"}[kind] if backend == "auto" else backend
+    if kind == "onnx" and backend not in ("onnxruntime", "tensorrt"):
+        raise ShanshuiError(f"{root} is an ONNX export: use --backend onnxruntime or tensorrt, or point --model at the diffusers folder for torch")
+    if kind == "diffusers" and backend != "torch":
+        raise ShanshuiError(f"{root} is a diffusers folder: run `shanshui export {root}` for {backend}, or use --backend torch")
+    if precision not in (None, "fp32") and backend != "torch":
+        raise ShanshuiError(f"--precision is for the torch backend; {backend} runs the precision chosen at export "
+                            f"(`shanshui export --precision`) or engine build (`shanshui engine build --precision`)")
+    if cuda_graphs and backend == "onnxruntime":
+        raise ShanshuiError("--cuda-graphs is for --backend torch or tensorrt")
+    return root, kind, engine_dir, backend

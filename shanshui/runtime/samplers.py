@@ -1,4 +1,5 @@
-"""Samplers in NumPy, one shared signature: sample(model, x, sigmas, rng=None, callback=None) -> x.
+"""Samplers in NumPy, one shared signature: sample(model, x, sigmas, rng=None, callback=None) -> x, and the registry:
+SAMPLERS (name -> function) and SIGMA_SCHEDULES (name -> the σ placement of the diffusers scheduler it matches).
 
 `model(x, sigma) -> denoised x0` works in the variance-exploding space (see schedules.py); `x` starts as
 noise · sqrt(1 + σ_0²) and `sigmas` ends with the final σ (0, or σ(t=0) for DDIM without set_alpha_to_one).
@@ -10,6 +11,8 @@ import enum
 from typing import Callable
 
 import numpy as np
+
+from shanshui.runtime import schedules
 
 Denoiser = Callable[[np.ndarray, float], np.ndarray]
 Callback = Callable[[int, int], None]  # (step index, total steps)
@@ -82,6 +85,12 @@ SAMPLERS = {
     "euler": sample_euler,
     "euler_a": sample_euler_ancestral,
     "dpmpp_2m": sample_dpmpp_2m,
+}
+SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
+    "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
+    "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
+    "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
+    "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
 }
 
 Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # the CLI's choices

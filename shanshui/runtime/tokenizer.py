@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.spec.clip_bpe import clip_tokenizer, special_tokens
 
 
 class PromptTokenizer:
@@ -45,7 +46,6 @@ def open_tokenizer(folder: Path, max_length: int | None = None, pad_token: str |
         if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
             raise ShanshuiError(f"{folder} has neither tokenizer.json nor CLIP's vocab.json + merges.txt; "
                                 "re-save the model's tokenizer with transformers")
-        from shanshui.runtime.clip_bpe import clip_tokenizer, special_tokens
 
         source = clip_tokenizer(folder)  # a CLIP BPE tokenizer as transformers 4.x saves it
         cfg = {**special_tokens(folder), **cfg}

@@ -2,7 +2,7 @@
 
 TorchComponents.from_folder hands its modules to a CudaRunner when the device is CUDA; the sampler loop stays the
 NumPy one of pipeline.py. What the runner does:
-- precision: fp32, fp16 or bf16 weights and compute; int8 through bitsandbytes (shanshui.quantize.bnb.to_int8) with
+- precision: fp32, fp16 or bf16 weights and compute; int8 through bitsandbytes (shanshui.runtime.bnb.to_int8) with
   fp16 compute. An fp16 VAE whose config sets force_upcast decodes in fp32, as diffusers does (fp16 overflows there).
 - attention: diffusers' AttnProcessor2_0 (torch.nn.functional.scaled_dot_product_attention, flash/memory-efficient
   kernels) in U-Net and VAE; transformers picks SDPA for the text encoder itself.
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shanshui.errors import ShanshuiError
+from shanshui.runtime import bnb
+from shanshui.spec.contract import COMPONENTS
 
-STAGES = ("text_encoder", "unet", "vae_decoder")
 
 
 def load_dtype(precision: str, device: str) -> str:
@@ -29,15 +29,10 @@ def load_dtype(precision: str, device: str) -> str:
 
 
 def to_int8(text_encoder, unet, vae, device: str):
-    """int8 weights through shanshui.quantize.bnb.to_int8(modules, device), which swaps layers in place and moves
+    """int8 weights through shanshui.runtime.bnb.to_int8(modules, device), which swaps layers in place and moves
     what it quantizes to `device`; whatever it leaves elsewhere (the VAE) is moved here. Its errors propagate."""
-    try:
-        from shanshui.quantize.bnb import to_int8 as convert
-    except ImportError as e:
-        raise ShanshuiError(f"--precision int8 for the torch backend needs bitsandbytes support ({e.name} is missing): "
-                            f"pip install 'shanshui[bnb]', or use --precision fp16") from None
     modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
-    convert(modules, device)
+    bnb.to_int8(modules, device)
     for m in modules.values():
         if any(p.device.type != device for p in m.parameters()):
             m.to(device)
@@ -80,11 +75,7 @@ class CudaRunner:
             self.unet_fn = torch.compile(unet, mode="reduce-overhead" if cuda_graphs else "default")
             self.cuda_graphs = False  # reduce-overhead captures its own graphs
         self._graphs: dict = {}  # input shapes -> (graph, static inputs, static output)
-        self.timings: dict[str, list[float]] = {s: [] for s in STAGES}
-
-    def reset_timings(self) -> None:
-        for v in self.timings.values():
-            v.clear()
+        self.timings: dict[str, list[float]] = {c: [] for c in COMPONENTS}
 
     def _to(self, a: np.ndarray, dtype, image: bool = False):
         t = self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype)

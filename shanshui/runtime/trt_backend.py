@@ -16,18 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from shanshui.engines.plan import COMPONENTS
+from shanshui.spec.contract import COMPONENTS, ENCODER_HIDDEN_STATES, INPUT_IDS, LAST_HIDDEN_STATE, LATENT_SAMPLE
+from shanshui.spec.contract import OUT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET, VAE_DECODER
 from shanshui.errors import ShanshuiError
+from shanshui.engines import trt
+from shanshui.engines.build import check_engines
 
 
 class TrtComponents:
     name = "tensorrt"
+    has_encoder = False  # image-to-image runs on onnxruntime or torch
 
     def __init__(self, exported, engine_dir: Path | None = None, device: str = "auto", cuda_graphs: bool = True):
         if device == "cpu":
             raise ShanshuiError("TensorRT runs on NVIDIA GPUs only: use --backend onnxruntime for --device cpu")
-        from shanshui.engines import trt
-        from shanshui.engines.build import check_engines
 
         env = trt.environment()  # tensorrt importable, a GPU visible: else a one-line error
         paths, self.engines = check_engines(exported, env, engine_dir)
@@ -41,21 +43,17 @@ class TrtComponents:
             r.attach(self.activations.data_ptr(), size)
         self.timings: dict[str, list[float]] = {c: [] for c in COMPONENTS}
 
-    def reset_timings(self) -> None:
-        for v in self.timings.values():
-            v.clear()
-
     def _run(self, component: str, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
         outs, ms = self.runners[component].run(feeds, want=(output,))
         self.timings[component].append(ms)
         return outs[output]
 
     def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run("text_encoder", {"input_ids": input_ids.astype(np.int64)}, "last_hidden_state")
+        return self._run(TEXT_ENCODER, {INPUT_IDS: input_ids.astype(np.int64)}, LAST_HIDDEN_STATE)
 
     def unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        feeds = {"sample": x.astype(np.float32), "timestep": t.astype(np.float32), "encoder_hidden_states": cond.astype(np.float32)}
-        return self._run("unet", feeds, "out_sample")
+        feeds = {SAMPLE: x.astype(np.float32), TIMESTEP: t.astype(np.float32), ENCODER_HIDDEN_STATES: cond.astype(np.float32)}
+        return self._run(UNET, feeds, OUT_SAMPLE)
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
-        return self._run("vae_decoder", {"latent_sample": z.astype(np.float32)}, "sample")
+        return self._run(VAE_DECODER, {LATENT_SAMPLE: z.astype(np.float32)}, SAMPLE)

@@ -1,1 +1,1 @@
-"""Model architectures and training (training itself arrives with the training issue)."""
+"""Training: the architectures (arch.py), the VAE (vae.py), text encoder + U-Net (unet.py, text_pretrain.py), the\ncaption tokenizer, checkpoints and the shared training pieces (common.py)."""

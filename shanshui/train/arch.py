@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import enum
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.integrity import remove_stale_temps
+from shanshui.fsutil import atomic_dir
+from shanshui.hf import quiet_hf
+from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+from shanshui.weights import save_text_encoder
 
 
 class Arch(str, enum.Enum):
@@ -127,17 +128,11 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         import torch  # noqa: F401
     except ImportError:
         raise ShanshuiError("`shanshui init` needs the torch extra: pip install 'shanshui[torch]'") from None
-    from shanshui.export.onnx_export import quiet_hf
-    from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
-    from shanshui.weights import save_text_encoder
 
     quiet_hf()
     spec = ARCHS[arch]
     text_encoder, unet, vae, scheduler = build_components(arch, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent, [out.name])  # of a killed `shanshui init` into the same folder
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_text_encoder(text_encoder, tmp / "text_encoder")  # key names transformers 4.x and 5.x both read
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -156,10 +151,4 @@ def init_model(arch: str, out: Path, seed: int = 0) -> dict:
         }
         summary["parameters"]["total"] = sum(summary["parameters"].values())
         (tmp / "shanshui.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import atomic_dir
 from shanshui.integrity import remove_stale_temps
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -29,8 +29,7 @@ def save_checkpoint(root: Path, step: int, modules: dict, optimizer, ema=None, e
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(root, ["step-"])  # .step-* folders of a killed run
     final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_dir(final) as tmp:
         for name, module in modules.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
         if ema is not None:
@@ -43,12 +42,6 @@ def save_checkpoint(root: Path, step: int, modules: dict, optimizer, ema=None, e
         save_file(flat, str(tmp / "optimizer.safetensors"))
         state = {"step": step, "param_groups": opt["param_groups"], "torch_rng": torch.get_rng_state().tolist(), **(extra or {})}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

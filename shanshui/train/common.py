@@ -11,22 +11,22 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.data.dataset import load_folder
 
 
 @dataclass(frozen=True)
-class Example:
+class TrainingExample:
     image: Path
     captions: tuple[str, ...]  # every caption of the image (Chinese, English, …); one is drawn per step
 
 
-def read_examples(data: Path) -> list[Example]:
+def read_examples(data: Path) -> list[TrainingExample]:
     """Examples from an imagefolder (metadata.jsonl) or a folder of images with .txt caption sidecars."""
-    from shanshui.data.dataset import load_folder
 
     out = []
     for ex in load_folder(data):
         caps = tuple(dict.fromkeys(c for c in (ex.text_zh, ex.text_en, ex.text) if c))
-        out.append(Example(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
+        out.append(TrainingExample(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
     if not out:
         raise ShanshuiError(f"no images found in {data}; render some with `shanshui data render {data}`")
     verify_images([e.image for e in out])
@@ -59,13 +59,6 @@ def load_image(path: Path, size: int) -> np.ndarray:
             return np.asarray(im.crop((left, top, left + size, top + size)))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ShanshuiError(f"cannot read training image {path} ({str(e)[:80]}); fix or remove it and its caption") from None
-
-
-def to_tensor(images: np.ndarray):
-    """(B, H, W, 3) uint8 → (B, 3, H, W) float32 in [-1, 1]."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -152,20 +145,3 @@ def make_accelerator(mixed_precision: str, seed: int):
     acc = Accelerator(mixed_precision=mixed_precision)
     set_seed(seed)
     return acc
-
-
-def save_grid(images: list[np.ndarray], path: Path, cols: int = 4) -> Path:
-    """Tile (H, W, 3) uint8 images into one PNG, written atomically."""
-    from PIL import Image
-
-    from shanshui.fsutil import atomic_path
-
-    h, w = images[0].shape[:2]
-    rows = math.ceil(len(images) / cols)
-    grid = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
-    with atomic_path(Path(path)) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
-    return Path(path)

@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from shanshui.data.captions import caption_with_keys
+from shanshui.data.scene import sample_scene, scene_seed
+from shanshui.eval.evaluate import attribute_classes, targets_of
 
 PRETRAIN_BASE = 940_004  # scene seeds for pre-training captions (no data set or eval range uses them)
 
 
 def caption_targets(n: int, base: int = PRETRAIN_BASE) -> tuple[list[str], dict[str, np.ndarray]]:
     """n captions (alternating zh/en) and, per attribute, a (n, classes) bool mask of the classes each allows."""
-    from shanshui.data.captions import caption_with_keys
-    from shanshui.data.scene import sample_scene, scene_seed
-    from shanshui.train.evaluate import attribute_classes, targets_of
 
     classes = attribute_classes()
     texts: list[str] = []

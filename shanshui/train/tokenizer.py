@@ -1,7 +1,7 @@
 """The shanshui tokenizer: WordPiece over lower-cased English words and single Chinese characters.
 
-Built with the `tokenizers` library only, so the torch-free runtime loads it from tokenizer.json. The vocabulary is
-learned from a seed corpus of landscape-painting phrases; the data issue replaces it with the caption corpus.
+Built with the `tokenizers` library only, so the torch-free runtime loads it from tokenizer.json. `train unet` learns
+the vocabulary from its data set's captions; `shanshui init` (no data) from a seed corpus of landscape-painting phrases.
 """
 
 from __future__ import annotations

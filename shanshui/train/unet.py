@@ -19,7 +19,20 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import write_json_atomic
+from shanshui.fsutil import atomic_path, write_json_atomic
+from shanshui.hf import to_tensor
+from shanshui.runtime.backends import TorchComponents
+from shanshui.runtime.image import save_grid
+from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.schedules import betas_from_config
+from shanshui.runtime.tokenizer import open_tokenizer
+from shanshui.spec.contract import ModelDims
+from shanshui.train.arch import ARCHS, build_components, count_parameters, write_model_index
+from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from shanshui.train.common import EMA, LossLog, load_image, lr_at, make_accelerator, read_examples
+from shanshui.train.text_pretrain import pretrain_text_encoder
+from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
+from shanshui.weights import load_strict, save_text_encoder
 
 SAMPLE_PROMPTS = [
     "一棵青松，青山环绕，云雾缭绕",
@@ -73,8 +86,6 @@ def encode_latents(vae, paths: list[Path], size: int, device, batch: int = 32, p
     """(mean, std) of the VAE posterior for every image, float16 (N, C, h, w)."""
     import torch
 
-    from shanshui.train.common import load_image, to_tensor
-
     means, stds = [], []
     with torch.no_grad():
         for i in range(0, len(paths), batch):
@@ -103,79 +114,37 @@ def _latents(out: Path, vae, examples, cfg: UnetConfig, device, progress):
     mean, std = encode_latents(vae, [e.image for e in examples], cfg.size, device, progress=progress)
     import torch
 
-    from shanshui.fsutil import atomic_path
-
     with atomic_path(cache) as tmp:
         save_file({"mean": mean, "std": std, "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, str(tmp))
     return mean, std
 
 
 def _pipeline_for(text_encoder, unet, vae, tokenizer_dir: Path, scheduler, cfg: UnetConfig, device: str):
-    from shanshui.export.contract import ModelDims
-    from shanshui.runtime.backends import TorchComponents
-    from shanshui.runtime.pipeline import Pipeline
-    from shanshui.runtime.tokenizer import open_tokenizer
-
     tok = open_tokenizer(tokenizer_dir)
     dims = ModelDims(text_len=tok.max_length, text_dim=text_encoder.config.hidden_size, vocab_size=text_encoder.config.vocab_size,
                      latent_channels=unet.config.in_channels, vae_scale=8, size_multiple=8 * 2 ** (len(unet.config.block_out_channels) - 1))
     parts = TorchComponents(text_encoder, unet, vae, device)
-    return Pipeline.from_parts(parts, tok, dict(scheduler.config), dims, vae.config.scaling_factor, (cfg.size, cfg.size))
+    return Pipeline(parts, tok, dict(scheduler.config), dims, vae.config.scaling_factor, (cfg.size, cfg.size))
 
 
 def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
                progress: Callable[[str, int, int, float], None] | None = None) -> dict:
     """Train (or resume) text encoder + U-Net; writes a diffusers pipeline folder at `out`. Returns a summary."""
-    from shanshui.train.arch import ARCHS
-    from shanshui.train.common import read_examples
-
     limits.check_train(cfg, "unet", ARCHS)  # every check, and the data, before torch is even imported
     limits.new_folder(Path(out), "pipeline folder")
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise ShanshuiError("steps and batch must be at least 1")
-    if not 0 <= cfg.ema_decay < 1 or cfg.warmup < 0 or cfg.text_pretrain_steps < 0:
-        raise ShanshuiError("ema decay must be in [0, 1), warm-up and text pre-training steps at least 0")
-    if cfg.init_from and not (Path(cfg.init_from) / "unet").is_dir():
-        raise ShanshuiError(f"--init-from {cfg.init_from} is not a pipeline folder from `shanshui train unet`")
-    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
-        raise ShanshuiError(f"prediction type {cfg.prediction_type!r} is not epsilon or v_prediction")
-    vae_dir = Path(vae_dir)
-    if not (vae_dir / "config.json").is_file():
-        raise ShanshuiError(f"{vae_dir} is not a trained VAE folder; run `shanshui train vae DATA OUT` first")
-    out = Path(out)
+    vae_dir, out = _check_config(cfg, vae_dir), Path(out)
     examples = read_examples(data)
     import torch
     from diffusers import AutoencoderKL
-
-    from shanshui.train.arch import build_components, count_parameters, write_model_index
-    from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from shanshui.train.common import EMA, LossLog, lr_at, make_accelerator
-    from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
-    from shanshui.weights import load_strict, save_text_encoder
 
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device
     vae = load_strict(AutoencoderKL, vae_dir, "VAE", use_safetensors=True).to(device).eval().requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
-
-    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, *cfg.overrides())
-    if scheduler.config.prediction_type == "epsilon" and scheduler.config.get("rescale_betas_zero_snr", False):
-        raise ShanshuiError("a zero-terminal-SNR schedule needs v-prediction (ε carries no signal at SNR 0)")
-    text_len = text_encoder.config.max_position_embeddings
+    text_encoder, unet, scheduler, tokenizer = _text_and_unet(out, examples, cfg, device, progress)
     tok_dir = out / "tokenizer"
-    if cfg.init_from:
-        _init_from(Path(cfg.init_from), text_encoder, unet, tok_dir)
-    if not (tok_dir / "tokenizer.json").is_file():  # the vocabulary of this data set's captions
-        corpus = [c for e in examples for c in e.captions]
-        save_tokenizer(build_tokenizer(text_len, text_encoder.config.vocab_size, corpus), tok_dir, text_len)
-    from shanshui.runtime.tokenizer import open_tokenizer
-
-    tokenizer = open_tokenizer(tok_dir)
     mean, std = _latents(out, vae, examples, cfg, device, lambda i, n: progress and progress("encoding latents", i, n, 0.0))
     if cfg.text_pretrain_steps > 0 and not cfg.init_from and latest_checkpoint(out / "checkpoints") is None:
-        from shanshui.train.text_pretrain import pretrain_text_encoder
-
         report = pretrain_text_encoder(text_encoder, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed, device=device,
                                        progress=lambda i, n, loss: progress and progress("text encoder pre-training", i, n, loss))
         write_json_atomic(out / "text_pretrain.json", report)  # strict: a NaN loss becomes null
@@ -192,28 +161,11 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         start = load_checkpoint(ckpt, modules, opt, ema)["step"]
     unet, text_encoder, opt = acc.prepare(unet, text_encoder, opt)
     alphas_cumprod = torch.tensor(np.cumprod(1 - _betas(scheduler)), dtype=torch.float32, device=device)  # ᾱ_T may be 0
-    prediction_type = scheduler.config.prediction_type
     log = LossLog(out / "loss.jsonl")
     rng = np.random.default_rng(cfg.seed + start)
     for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps) * g["scale"]
-        idx = rng.integers(0, len(examples), cfg.batch)
-        lat = (mean[idx].float() + std[idx].float() * torch.from_numpy(rng.standard_normal(mean[idx].shape)).float()) * scale
-        flip = torch.from_numpy(rng.random(cfg.batch) < 0.5)
-        lat = torch.where(flip[:, None, None, None], lat.flip(-1), lat).to(device)  # (B, C, h, w)
-        caps = [examples[i].captions[rng.integers(len(examples[i].captions))] if rng.random() >= cfg.caption_dropout else ""
-                for i in idx]
-        ids = torch.from_numpy(tokenizer(caps)[0]).to(device)  # (B, L)
-        noise = torch.from_numpy(rng.standard_normal(lat.shape)).float().to(device)
-        t = torch.from_numpy(rng.integers(0, len(alphas_cumprod), cfg.batch)).to(device)
-        with acc.autocast():
-            loss = diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, cfg.min_snr_gamma, prediction_type)
-        acc.backward(loss)
-        acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update({"text_encoder": acc.unwrap_model(text_encoder), "unet": acc.unwrap_model(unet)})
+        loss = _train_step(step, rng, cfg, acc, text_encoder, unet, opt, ema, tokenizer, examples, mean, std,
+                           float(vae.config.scaling_factor), alphas_cumprod, scheduler.config.prediction_type)
         if step % 20 == 0 or step in (start, cfg.steps - 1):
             log.write(step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         if progress:
@@ -224,10 +176,73 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
             save_checkpoint(out / "checkpoints", done, mods, opt, ema, extra={"config": asdict(cfg)})
         if acc.is_main_process and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             _sample_grid(ema, acc, text_encoder, unet, vae, tok_dir, scheduler, cfg, device, out / "samples" / f"step-{done:06d}.png")
+    return _save_pipeline(out, vae_dir, cfg, acc, ema, text_encoder, unet, vae, scheduler, len(examples))
 
+
+def _check_config(cfg: UnetConfig, vae_dir: Path) -> Path:
+    """Every setting checked before anything is loaded."""
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise ShanshuiError("steps and batch must be at least 1")
+    if not 0 <= cfg.ema_decay < 1 or cfg.warmup < 0 or cfg.text_pretrain_steps < 0:
+        raise ShanshuiError("ema decay must be in [0, 1), warm-up and text pre-training steps at least 0")
+    if cfg.init_from and not (Path(cfg.init_from) / "unet").is_dir():
+        raise ShanshuiError(f"--init-from {cfg.init_from} is not a pipeline folder from `shanshui train unet`")
+    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
+        raise ShanshuiError(f"prediction type {cfg.prediction_type!r} is not epsilon or v_prediction")
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").is_file():
+        raise ShanshuiError(f"{vae_dir} is not a trained VAE folder; run `shanshui train vae DATA OUT` first")
+    return vae_dir
+
+
+def _text_and_unet(out: Path, examples, cfg: UnetConfig, device, progress):
+    """Fresh (or --init-from) text encoder and U-Net, the scheduler, and the tokenizer of this data set's captions."""
+    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, *cfg.overrides())
+    if scheduler.config.prediction_type == "epsilon" and scheduler.config.get("rescale_betas_zero_snr", False):
+        raise ShanshuiError("a zero-terminal-SNR schedule needs v-prediction (ε carries no signal at SNR 0)")
+    text_len = text_encoder.config.max_position_embeddings
+    tok_dir = out / "tokenizer"
+    if cfg.init_from:
+        _init_from(Path(cfg.init_from), text_encoder, unet, tok_dir)
+    if not (tok_dir / "tokenizer.json").is_file():  # the vocabulary of this data set's captions
+        corpus = [c for e in examples for c in e.captions]
+        save_tokenizer(build_tokenizer(text_len, text_encoder.config.vocab_size, corpus), tok_dir, text_len)
+    return text_encoder, unet, scheduler, open_tokenizer(tok_dir)
+
+
+def _train_step(step: int, rng, cfg: UnetConfig, acc, text_encoder, unet, opt, ema, tokenizer, examples, mean, std,
+                scale: float, alphas_cumprod, prediction_type: str):
+    """One optimiser step on a random batch (latents drawn from their cached posterior, random flips and caption
+    dropout); returns the loss."""
+    import torch
+
+    device = acc.device
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, cfg.lr, cfg.warmup, cfg.steps) * g["scale"]
+    idx = rng.integers(0, len(examples), cfg.batch)
+    lat = (mean[idx].float() + std[idx].float() * torch.from_numpy(rng.standard_normal(mean[idx].shape)).float()) * scale
+    flip = torch.from_numpy(rng.random(cfg.batch) < 0.5)
+    lat = torch.where(flip[:, None, None, None], lat.flip(-1), lat).to(device)  # (B, C, h, w)
+    caps = [examples[i].captions[rng.integers(len(examples[i].captions))] if rng.random() >= cfg.caption_dropout else ""
+            for i in idx]
+    ids = torch.from_numpy(tokenizer(caps)[0]).to(device)  # (B, L)
+    noise = torch.from_numpy(rng.standard_normal(lat.shape)).float().to(device)
+    t = torch.from_numpy(rng.integers(0, len(alphas_cumprod), cfg.batch)).to(device)
+    with acc.autocast():
+        loss = diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, cfg.min_snr_gamma, prediction_type)
+    acc.backward(loss)
+    acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    ema.update({"text_encoder": acc.unwrap_model(text_encoder), "unet": acc.unwrap_model(unet)})
+    return loss
+
+
+def _save_pipeline(out: Path, vae_dir: Path, cfg: UnetConfig, acc, ema, text_encoder, unet, vae, scheduler, images: int) -> dict:
+    """The EMA weights into a diffusers pipeline folder at `out`; returns the summary."""
     te_final, unet_final = acc.unwrap_model(text_encoder), acc.unwrap_model(unet)
     ema.copy_to({"text_encoder": te_final, "unet": unet_final})
-    summary = {"config": asdict(cfg), "images": len(examples), "steps": cfg.steps, "vae": str(vae_dir),
+    summary = {"config": asdict(cfg), "images": images, "steps": cfg.steps, "vae": str(vae_dir),
                "parameters": {"text_encoder": count_parameters(te_final), "unet": count_parameters(unet_final), "vae": count_parameters(vae)}}
     summary["parameters"]["total"] = sum(summary["parameters"].values())
     if acc.is_main_process:
@@ -287,17 +302,12 @@ def _init_from(src: Path, text_encoder, unet, tok_dir: Path) -> None:
 
 
 def _betas(scheduler) -> np.ndarray:
-    from shanshui.runtime.schedules import betas_from_config
-
     return betas_from_config(dict(scheduler.config))
 
 
 def _sample_grid(ema, acc, text_encoder, unet, vae, tok_dir, scheduler, cfg, device, path: Path) -> None:
     """Draw SAMPLE_PROMPTS with the EMA weights through the runtime's own sampler loop."""
     import copy
-
-    from shanshui.runtime.pipeline import Request
-    from shanshui.train.common import save_grid
 
     te, un = copy.deepcopy(acc.unwrap_model(text_encoder)).eval(), copy.deepcopy(acc.unwrap_model(unet)).eval()
     ema.copy_to({"text_encoder": te, "unet": un})

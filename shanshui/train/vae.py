@@ -15,6 +15,12 @@ import numpy as np
 from shanshui import limits
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import write_json_atomic
+from shanshui.hf import reconstruct, to_tensor
+from shanshui.metrics import psnr, ssim
+from shanshui.runtime.image import save_grid
+from shanshui.train.arch import build_components
+from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from shanshui.train.common import LossLog, load_image, lr_at, make_accelerator, read_examples
 
 
 @dataclass
@@ -43,30 +49,11 @@ def _check(cfg: VaeConfig) -> None:
 
 
 def load_images(paths: list[Path], size: int) -> np.ndarray:
-    from shanshui.train.common import load_image
-
     return np.stack([load_image(p, size) for p in paths])  # (N, size, size, 3) uint8
-
-
-def reconstruct(vae, images: np.ndarray, device, batch: int = 16) -> np.ndarray:
-    """Encode (posterior mean) and decode (N, H, W, 3) uint8 images; returns uint8."""
-    import torch
-
-    from shanshui.train.common import to_tensor
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = to_tensor(images[i : i + batch]).to(device)
-            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-            out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
 
 
 def latent_std(vae, images: np.ndarray, device, batch: int = 16) -> float:
     import torch
-
-    from shanshui.train.common import to_tensor
 
     with torch.no_grad():
         lat = [vae.encode(to_tensor(images[i : i + batch]).to(device)).latent_dist.mean.float().cpu() for i in range(0, len(images), batch)]
@@ -85,19 +72,12 @@ def vae_loss(vae, batch, kl_weight: float):
 
 def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train (or resume) a VAE; writes a diffusers AutoencoderKL folder at `out` plus report.json. Returns the report."""
-    from shanshui.train.common import read_examples
-
     _check(cfg)  # every check, and the data, before torch is even imported
     out = limits.new_folder(Path(out), "VAE folder")
     examples = read_examples(data)
     if len(examples) <= cfg.held_out:
         raise ShanshuiError(f"{data} has {len(examples)} images; the VAE needs more than the {cfg.held_out} held out")
     import torch
-
-    from shanshui.metrics import psnr, ssim
-    from shanshui.train.arch import build_components
-    from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from shanshui.train.common import LossLog, lr_at, make_accelerator, to_tensor
 
     held = load_images([e.image for e in examples[: cfg.held_out]], cfg.size)
     train = load_images([e.image for e in examples[cfg.held_out : cfg.held_out + cfg.max_images]], cfg.size)
@@ -135,21 +115,23 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
         if (step + 1) % cfg.checkpoint_every == 0 and acc.is_main_process:
             save_checkpoint(out / "checkpoints", step + 1, {"vae": acc.unwrap_model(vae)}, opt, extra={"config": asdict(cfg)})
 
-    vae = acc.unwrap_model(vae).eval().float()
+    return _finish(acc.unwrap_model(vae).eval().float(), held, train, out, cfg, len(examples), acc)
+
+
+def _finish(vae, held: np.ndarray, train: np.ndarray, out: Path, cfg: VaeConfig, images: int, acc) -> dict:
+    """Set the latent scaling factor, measure held-out reconstructions, write the folder and its report."""
     scale = 1.0 / latent_std(vae, np.concatenate([held, train[:256]]), acc.device)
     vae.register_to_config(scaling_factor=round(scale, 5))
     rec = reconstruct(vae, held, acc.device)
     report = {
         "config": asdict(cfg),
-        "images": len(examples),
+        "images": images,
         "scaling_factor": round(scale, 5),
         "held_out_psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(held, rec)])), 2),
         "held_out_ssim": round(float(np.mean([ssim(a, b) for a, b in zip(held, rec)])), 4),
     }
     if acc.is_main_process:
         vae.save_pretrained(out, safe_serialization=True)
-        from shanshui.train.common import save_grid
-
         save_grid([im for pair in zip(held[:8], rec[:8]) for im in pair], out / "reconstructions.png", cols=4)
         write_json_atomic(out / "report.json", report)  # strict: a NaN loss becomes null
     return report

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shanshui.data.commands import app
+from shanshui.cli.data import app
 from shanshui.data.dataset import METADATA, example_record, load_folder, render_dataset
 from shanshui.errors import ShanshuiError
 

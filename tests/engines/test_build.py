@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 
-from shanshui.engines.build import (
-    ENGINE_MANIFEST, build_engines, check_engines, check_qdq_for_tensorrt, fingerprint, onnx_files,
-)
+from shanshui.spec.engine_manifest import ENGINE_MANIFEST
+from shanshui.engines.build import build_engines, check_engines, check_qdq_for_tensorrt, fingerprint, onnx_files
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import open_exported
+from shanshui.spec.manifest import open_exported
 
 ENV = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}}
 OTHER_GPU = {**ENV, "gpu": {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}}

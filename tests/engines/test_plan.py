@@ -9,7 +9,7 @@ from shanshui.engines.plan import (
     shapes_label,
 )
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ModelDims, ShapeSettings, components
+from shanshui.spec.contract import ModelDims, ShapeSettings, components
 
 DIMS = ModelDims(text_len=64, text_dim=256, vocab_size=4096, latent_channels=4, vae_scale=8, size_multiple=32)
 SHAPES = ShapeSettings(height=256, width=256, min_size=128, max_size=1024, max_batch=2)

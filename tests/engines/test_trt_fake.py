@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from shanshui.engines import trt
-from shanshui.engines.build import EngineBuild, build_engines
+from shanshui.engines.plan import EngineBuild
+from shanshui.engines.build import build_engines
 from shanshui.engines.plan import Bucket, network_mode, profiles
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import open_exported
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.spec.manifest import open_exported
+from shanshui.runtime.pipeline import Request, open_pipeline
 from tests.engines import fake_trt
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
@@ -32,7 +33,7 @@ def fake(monkeypatch):
 
 
 def _profiles(exported, comp, buckets, dynamic=False):
-    from shanshui.export.contract import components
+    from shanshui.spec.contract import components
 
     return profiles(components(exported.dims)[comp], exported.dims, exported.shapes, buckets, dynamic)
 
@@ -127,8 +128,8 @@ def fake_engines(fake, tiny_export, tmp_path):
 
 
 def test_pipeline_on_tensorrt_matches_onnxruntime(fake_engines, tiny_export):
-    ort = Pipeline(tiny_export, threads=2)
-    pipe = Pipeline(fake_engines)  # an engine folder: backend tensorrt, its export from engines.json
+    ort = open_pipeline(tiny_export, threads=2)
+    pipe = open_pipeline(fake_engines)  # an engine folder: backend tensorrt, its export from engines.json
     assert pipe.backend == "tensorrt" and pipe.components.name == "tensorrt" and pipe.root == tiny_export.resolve()
     for guidance in (7.5, 1.0):  # guidance 1 runs the U-Net at batch 1, padded into the batch-2 engine
         req = Request(PROMPT, steps=3, seed=4, guidance=guidance, negative_prompt="模糊")
@@ -145,4 +146,4 @@ def test_pipeline_on_tensorrt_matches_onnxruntime(fake_engines, tiny_export):
 def test_engines_for_another_gpu_do_not_load(fake_engines, tiny_export, monkeypatch):
     monkeypatch.setattr(fake_trt.FakeCuda, "get_device_name", lambda self, i=0: "Other GPU")
     with pytest.raises(ShanshuiError, match=r"is stale \(GPU Fake GPU \(sm_90\) → Other GPU \(sm_90\)\)"):
-        Pipeline(fake_engines)
+        open_pipeline(fake_engines)

@@ -12,13 +12,14 @@ import shutil
 import numpy as np
 import pytest
 
-from shanshui.engines.build import ENGINE_MANIFEST, build_engines
+from shanshui.spec.engine_manifest import ENGINE_MANIFEST
+from shanshui.engines.build import build_engines
 from shanshui.engines.plan import Bucket
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import components
-from shanshui.export.manifest import open_exported
+from shanshui.spec.contract import components
+from shanshui.spec.manifest import open_exported
 from shanshui.runtime.backends import OrtComponents
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
 
@@ -49,7 +50,7 @@ def fp32_engines(tiny_export, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ort_pipe(tiny_export):
-    return Pipeline(tiny_export, device="cpu", threads=4)
+    return open_pipeline(tiny_export, device="cpu", threads=4)
 
 
 def _call(comps, name, feeds):
@@ -90,7 +91,7 @@ def test_cuda_graphs_match_direct_launches(fp32_engines, tiny_export):
 
 
 def test_pipeline_fp32_engines_with_padding(fp32_engines, ort_pipe):
-    pipe = Pipeline(fp32_engines)
+    pipe = open_pipeline(fp32_engines)
     assert pipe.backend == "tensorrt"
     for guidance in (7.5, 1.0):  # guidance 1: U-Net batch 1 runs padded in the batch-2 engine
         req = Request(PROMPT, steps=4, seed=2, guidance=guidance)
@@ -107,13 +108,13 @@ def test_fp16_engines_paint_like_fp32(tiny_model, tiny_export, ort_pipe, tmp_pat
 
     source = tiny_export
     if int(tensorrt.__version__.split(".")[0]) >= 11:  # no fp16 builder flag: build from an fp16 export
-        from shanshui.export.onnx_export import export_model
+        from shanshui.quantize.convert import export_at
 
         source = tmp_path / "fp16"
-        export_model(tiny_model, source, precision="fp16", max_batch=2, check=False)
+        export_at(tiny_model, source, precision="fp16", max_batch=2, check=False)
     out = tmp_path / "fp16-engines"
     build_engines(source, out, precision="fp16")
-    pipe = Pipeline(out)
+    pipe = open_pipeline(out)
     for seed in (0, 1):
         req = Request(PROMPT, steps=6, seed=seed, negative_prompt="blurry")
         assert psnr(pipe(req).images[0], ort_pipe(req).images[0]) >= 30.0
@@ -122,7 +123,7 @@ def test_fp16_engines_paint_like_fp32(tiny_model, tiny_export, ort_pipe, tmp_pat
 def test_dynamic_engines_cover_other_sizes(tiny_export, ort_pipe, tmp_path):
     out = tmp_path / "dynamic"
     build_engines(tiny_export, out, precision="fp32", dynamic=True)
-    pipe = Pipeline(out)
+    pipe = open_pipeline(out)
     for h, w in ((256, 256), (192, 320)):
         req = Request(PROMPT, steps=3, seed=1, height=h, width=w)
         a, b = pipe(req).images[0], ort_pipe(req).images[0]
@@ -141,4 +142,4 @@ def test_rebuild_reuses_and_stale_engines_are_refused(fp32_engines, tiny_export,
         e["key"]["gpu"] = {"name": "Some Other GPU", "compute_capability": "7.5"}
     (stale / ENGINE_MANIFEST).write_text(json.dumps(m))
     with pytest.raises(ShanshuiError, match=r"is stale \(GPU Some Other GPU \(sm_75\) → .*\): rebuild with"):
-        Pipeline(stale)
+        open_pipeline(stale)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import MANIFEST, open_exported, read_manifest
+from shanshui.spec.manifest import MANIFEST, open_exported, read_manifest
 from shanshui.models import DEFAULT_ONNX
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import components
-from shanshui.export.manifest import MANIFEST, open_exported
+from shanshui.spec.contract import components
+from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.export.onnx_export import export_model
 
 
@@ -38,8 +38,8 @@ def test_each_component_matches_pytorch(tiny_model, tiny_export):
     import onnxruntime as ort
     import torch
 
-    from shanshui.export.onnx_export import _load_module
-    from shanshui.export.source import open_source
+    from shanshui.hf import load_component
+    from shanshui.spec.source import open_source
 
     source = open_source(tiny_model)
     values = {"B2": 2, "B": 1, "h": 24, "w": 40, "H": 192, "W": 320}
@@ -48,7 +48,7 @@ def test_each_component_matches_pytorch(tiny_model, tiny_export):
         sess = ort.InferenceSession(str(tiny_export / name / "model.onnx"), providers=["CPUExecutionProvider"])
         got = sess.run(None, feeds)
         with torch.no_grad():
-            ref = _load_module(source, name)(*[torch.from_numpy(v) for v in feeds.values()])
+            ref = load_component(source, name)(*[torch.from_numpy(v) for v in feeds.values()])
         ref = ref if isinstance(ref, tuple) else (ref,)
         for g, r in zip(got, ref):
             r = r.numpy()
@@ -166,16 +166,16 @@ def test_foreign_sd_folder_with_clip_tokenizer(tmp_path):
     m = export_model(src, out, height=32, width=32, max_batch=1)
     assert m["tokenizer"]["pad_token"] == "<|endoftext|>" and (out / "tokenizer" / "tokenizer.json").is_file()
 
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
-    result = Pipeline(out)(Request("a quiet lake", steps=3, height=32, width=32))
+    result = open_pipeline(out)(Request("a quiet lake", steps=3, height=32, width=32))
     assert result.images[0].shape == (32, 32, 3)
 
 
 def test_trained_resolution_is_the_default_size(tiny_model, tmp_path):
     import shutil
 
-    from shanshui.export.source import model_resolution
+    from shanshui.spec.source import model_resolution
 
     assert model_resolution(tiny_model) == 256
     src = tmp_path / "m"

@@ -46,7 +46,7 @@ def clip_sd(tmp_path_factory):
 def test_clip_bpe_matches_transformers(clip_sd, tmp_path):
     from transformers import CLIPTokenizer
 
-    from shanshui.runtime.clip_bpe import bpe_files_from_json, clip_tokenizer
+    from shanshui.spec.clip_bpe import bpe_files_from_json, clip_tokenizer
 
     folder = clip_sd / "tokenizer"
     bpe_files_from_json(folder / "tokenizer.json", tmp_path)  # also checks the JSON → files direction
@@ -83,15 +83,15 @@ def test_export_writes_both_forms_and_transformers_reads_them(clip_sd, tmp_path)
 def test_generate_runs_a_diffusers_folder_with_only_clip_bpe_files(clip_sd, tmp_path):
     import shutil
 
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
     src = tmp_path / "sd"
     shutil.copytree(clip_sd, src)
-    from shanshui.runtime.clip_bpe import bpe_files_from_json
+    from shanshui.spec.clip_bpe import bpe_files_from_json
 
     bpe_files_from_json(src / "tokenizer" / "tokenizer.json", src / "tokenizer")
     (src / "tokenizer" / "tokenizer.json").unlink()  # as transformers 4.x saves a CLIPTokenizer
-    result = Pipeline(src, backend="torch", device="cpu")(Request("a quiet lake", steps=2, height=32, width=32))
+    result = open_pipeline(src, backend="torch", device="cpu")(Request("a quiet lake", steps=2, height=32, width=32))
     assert result.images[0].shape == (32, 32, 3)
 
 

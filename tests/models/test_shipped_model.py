@@ -47,9 +47,9 @@ def test_shipped_graphs_pass_onnx_checker(component):
 
 
 def test_generate_without_a_model_uses_the_shipped_export():
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
-    pipe = Pipeline(threads=1)
+    pipe = open_pipeline(threads=1)
     assert pipe.backend == "onnxruntime" and pipe.root == DEFAULT_ONNX
     result = pipe(Request("一棵青松，青山环绕，云雾缭绕", steps=3, seed=0))
     image = result.images[0]
@@ -70,10 +70,10 @@ def test_shipped_model_paints_what_the_prompt_says():
 
     (Blue-green vs ink does not hold reliably yet — 7 of 12 in eval's prompt swap — so it is measured there, not here.)
     """
-    from shanshui.runtime.pipeline import Pipeline, Request
-    from shanshui.train.evaluate import colour_stats
+    from shanshui.runtime.pipeline import Request, open_pipeline
+    from shanshui.eval.evaluate import colour_stats
 
-    pipe = Pipeline(threads=1)
+    pipe = open_pipeline(threads=1)
     prompts = {"day": "晴日当空，青山环绕", "night": "明月当空，青山环绕", "dusk": "夕阳西下，青山环绕"}
     for seed in (0, 1):
         stats = {k: colour_stats(pipe(Request(p, steps=12, seed=seed)).images[0]) for k, p in prompts.items()}

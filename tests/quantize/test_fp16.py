@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import MANIFEST
-from shanshui.quantize import quantize_export
+from shanshui.spec.manifest import MANIFEST
+from shanshui.quantize.convert import quantize_export
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +67,7 @@ def test_gate_report_and_manifest(fp16_export):
 def test_attribute_agreement_reads_both_images_with_the_classifier(monkeypatch):
     import numpy as np
 
-    import shanshui.train.evaluate as ev
+    import shanshui.eval.evaluate as ev
     from shanshui.quantize.gate import attribute_agreement
 
     monkeypatch.setattr(ev, "cached_classifier", lambda: None)
@@ -83,10 +83,10 @@ def test_attribute_agreement_reads_both_images_with_the_classifier(monkeypatch):
 
 def test_fp16_generates_like_fp32(fp16_export, tiny_export):
     from shanshui.metrics import psnr
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
 
     req = Request("青绿山水，瀑布", steps=4, seed=9)
-    assert psnr(Pipeline(fp16_export)(req).images[0], Pipeline(tiny_export)(req).images[0]) >= 35
+    assert psnr(open_pipeline(fp16_export)(req).images[0], open_pipeline(tiny_export)(req).images[0]) >= 35
 
 
 def test_gate_fails_a_broken_model_and_writes_nothing(tiny_export, tmp_path, monkeypatch):
@@ -160,7 +160,7 @@ def test_fp16_graphs_pass_the_full_checker_and_the_reference_runtime(fp16_export
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from shanshui.export.manifest import open_exported
+    from shanshui.spec.manifest import open_exported
 
     for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         onnx.checker.check_model(str(fp16_export / comp / "model.onnx"), full_check=True)

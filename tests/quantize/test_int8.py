@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from shanshui.export.manifest import MANIFEST
-from shanshui.quantize import quantize_export
+from shanshui.spec.manifest import MANIFEST
+from shanshui.quantize.convert import quantize_export
 
 
 @pytest.fixture(scope="module")
 def int8_export(tiny_export, tmp_path_factory):
-    import shanshui.quantize as q
+    import shanshui.quantize.convert as q
     import shanshui.quantize.gate as gate
 
     mp = pytest.MonkeyPatch()
@@ -68,7 +68,7 @@ def test_calibration_is_deterministic(tiny_export):
 
 
 def test_tensorrt_target_gives_the_symmetric_int8_form_tensorrt_builds(int8_export, tiny_export, tmp_path, monkeypatch):
-    import shanshui.quantize as q
+    import shanshui.quantize.convert as q
     from shanshui.engines.build import check_qdq_for_tensorrt
     from shanshui.errors import ShanshuiError
 
@@ -86,7 +86,7 @@ def test_int8_graphs_pass_the_full_checker(int8_export):
 
     import onnx
 
-    from shanshui.export.manifest import MANIFEST
+    from shanshui.spec.manifest import MANIFEST
 
     m = json.loads((int8_export / MANIFEST).read_text())
     for comp, entry in m["components"].items():

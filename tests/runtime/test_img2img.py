@@ -7,7 +7,7 @@ import pytest
 
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.img2img import load_init_image, skipped_steps
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 
 def psnr(a, b) -> float:
@@ -26,7 +26,7 @@ def sketch(h=96, w=160) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ort_pipe(tiny_export):
-    return Pipeline(tiny_export, threads=2)
+    return open_pipeline(tiny_export, threads=2)
 
 
 def test_export_has_a_checked_vae_encoder(tiny_export):
@@ -85,7 +85,7 @@ def test_onnxruntime_and_torch_agree(ort_pipe, tiny_model, sampler):
     init = sketch(256, 256)
     req = Request("一棵青松", steps=6, seed=2, sampler=sampler, init_image=init, strength=0.6, num_images=2)
     a = ort_pipe(req).images
-    b = Pipeline(tiny_model, backend="torch", device="cpu")(req).images
+    b = open_pipeline(tiny_model, backend="torch", device="cpu")(req).images
     assert len(a) == 2 and all(psnr(x, y) >= 40 for x, y in zip(a, b))
 
 
@@ -97,7 +97,7 @@ def test_an_export_without_encoder_says_so(tiny_export, tmp_path):
     m = json.loads((old / "shanshui_manifest.json").read_text())
     del m["components"]["vae_encoder"]
     (old / "shanshui_manifest.json").write_text(json.dumps(m))
-    pipe = Pipeline(old)
+    pipe = open_pipeline(old)
     pipe(Request("pine", steps=1))  # text-to-image still works
     with pytest.raises(ShanshuiError, match="no VAE encoder"):
         pipe(Request("pine", steps=2, init_image=sketch()))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shanshui.errors import ShanshuiError
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
 
@@ -18,7 +18,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def ort_pipe(tiny_export):
-    return Pipeline(tiny_export, threads=2)
+    return open_pipeline(tiny_export, threads=2)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_a", "dpmpp_2m"])
@@ -26,7 +26,7 @@ def test_onnxruntime_matches_torch(ort_pipe, tiny_model, sampler):
     """Same model, seed and sampler: the ONNX Runtime and PyTorch backends give the same picture (PSNR ≥ 40 dB)."""
     req = Request(PROMPT, steps=4, seed=3, sampler=sampler, negative_prompt="blurry")
     a = ort_pipe(req).images[0]
-    b = Pipeline(tiny_model, backend="torch", device="cpu")(req).images[0]
+    b = open_pipeline(tiny_model, backend="torch", device="cpu")(req).images[0]
     assert a.shape == (256, 256, 3) and a.dtype == np.uint8
     assert psnr(a, b) >= 40.0
 
@@ -81,6 +81,6 @@ def test_bad_requests(ort_pipe, req, match):
 
 def test_wrong_backend_for_folder(tiny_export, tiny_model):
     with pytest.raises(ShanshuiError, match="is an ONNX export"):
-        Pipeline(tiny_export, backend="torch")
+        open_pipeline(tiny_export, backend="torch")
     with pytest.raises(ShanshuiError, match="run `shanshui export"):
-        Pipeline(tiny_model, backend="onnxruntime")
+        open_pipeline(tiny_model, backend="onnxruntime")

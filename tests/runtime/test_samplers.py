@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.pipeline import SIGMA_SCHEDULES
-from shanshui.runtime.samplers import SAMPLERS
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
 
 # Final latents agree to this fraction of their largest magnitude (float32 network, float64 vs float32 arithmetic).
 REL_TOL = 2e-3

@@ -2,13 +2,14 @@
 fp16/bf16 quality, CUDA graphs and timings need a CUDA GPU (skipped without one)."""
 
 import sys
-import types
+
 
 import numpy as np
 import pytest
 
 from shanshui.errors import ShanshuiError
-from shanshui.runtime.pipeline import Pipeline, Request
+from shanshui.runtime import bnb
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 PROMPT = "一棵青松，青山环绕，云雾缭绕"
 torch = pytest.importorskip("torch")
@@ -23,12 +24,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_int8_hands_all_three_modules_to_bnb(tiny_model, monkeypatch):
     calls = []
 
-    def to_int8(modules, device):  # the contract of shanshui.quantize.bnb.to_int8: in place, returns a summary
+    def to_int8(modules, device):  # the contract of shanshui.runtime.bnb.to_int8: in place, returns a summary
         calls.append((sorted(modules), device, {k: next(m.parameters()).dtype for k, m in modules.items()}))
         return {"unet": 0}
 
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", types.SimpleNamespace(to_int8=to_int8))
-    pipe = Pipeline(tiny_model, device="cpu", precision="int8")
+    monkeypatch.setattr(bnb, "to_int8", to_int8)
+    pipe = open_pipeline(tiny_model, device="cpu", precision="int8")
     assert calls == [(["text_encoder", "unet", "vae"], "cpu", {k: torch.float32 for k in ("text_encoder", "unet", "vae")})]
     assert pipe(Request(PROMPT, steps=1, height=128, width=128)).images[0].shape == (128, 128, 3)
 
@@ -37,12 +38,13 @@ def test_int8_errors_propagate_as_one_line(tiny_model, monkeypatch):
     def refuse(modules, device):
         raise ShanshuiError("bitsandbytes cannot run here (no GPU); or use the int8 ONNX export")
 
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", types.SimpleNamespace(to_int8=refuse))
+    monkeypatch.setattr(bnb, "to_int8", refuse)
     with pytest.raises(ShanshuiError, match="bitsandbytes cannot run here"):
-        Pipeline(tiny_model, device="cpu", precision="int8")
-    monkeypatch.setitem(sys.modules, "shanshui.quantize.bnb", None)  # not installed
-    with pytest.raises(ShanshuiError, match=r"needs bitsandbytes support .*pip install 'shanshui\[bnb\]'"):
-        Pipeline(tiny_model, device="cpu", precision="int8")
+        open_pipeline(tiny_model, device="cpu", precision="int8")
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(ShanshuiError, match=r"needs bitsandbytes: pip install 'shanshui\[bnb\]'"):
+        open_pipeline(tiny_model, device="cpu", precision="int8")
 
 
 @pytest.mark.parametrize("kw,fragment", [
@@ -53,7 +55,7 @@ def test_int8_errors_propagate_as_one_line(tiny_model, monkeypatch):
 ])
 def test_cpu_refusals(tiny_model, kw, fragment):
     with pytest.raises(ShanshuiError, match=fragment):
-        Pipeline(tiny_model, device="cpu", **kw)
+        open_pipeline(tiny_model, device="cpu", **kw)
 
 
 def test_sdpa_processor_is_set(tiny_model):
@@ -77,7 +79,7 @@ def test_runner_matches_the_plain_backend(tiny_model, monkeypatch, channels_last
     from tests.engines.fake_trt import FakeEvent
 
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
-    plain = Pipeline(tiny_model, device="cpu").components
+    plain = open_pipeline(tiny_model, device="cpu").components
     runner = CudaRunner(plain.te, plain.un, plain.vae, "fp32", channels_last=channels_last, device="cpu")
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 4096, size=(2, 64))
@@ -91,7 +93,7 @@ def test_runner_matches_the_plain_backend(tiny_model, monkeypatch, channels_last
 
 @pytest.fixture(scope="module")
 def cpu_reference(tiny_model):
-    pipe = Pipeline(tiny_model, device="cpu")
+    pipe = open_pipeline(tiny_model, device="cpu")
     return {g: pipe(Request(PROMPT, steps=4, seed=3, guidance=g, negative_prompt="blurry")).images[0] for g in (7.5, 1.0)}
 
 
@@ -100,7 +102,7 @@ def cpu_reference(tiny_model):
 def test_cuda_precisions_match_cpu_fp32(tiny_model, cpu_reference, precision, floor_db):
     """Final images on CUDA against CPU fp32: fp16 ≥ 30 dB (bf16, with 8 mantissa bits, ≥ 22 dB; fp32 ≥ 35 dB, as
     cuDNN convolutions may use TF32)."""
-    pipe = Pipeline(tiny_model, device="cuda", precision=precision)
+    pipe = open_pipeline(tiny_model, device="cuda", precision=precision)
     assert pipe.components.cuda is not None and pipe.components.device == "cuda"
     result = pipe(Request(PROMPT, steps=4, seed=3, guidance=7.5, negative_prompt="blurry"))
     assert psnr(result.images[0], cpu_reference[7.5]) >= floor_db
@@ -111,8 +113,8 @@ def test_cuda_precisions_match_cpu_fp32(tiny_model, cpu_reference, precision, fl
 
 @cuda
 def test_cuda_graphs_give_the_eager_output(tiny_model, cpu_reference):
-    eager = Pipeline(tiny_model, device="cuda", precision="fp16")
-    graphed = Pipeline(tiny_model, device="cuda", precision="fp16", cuda_graphs=True)
+    eager = open_pipeline(tiny_model, device="cuda", precision="fp16")
+    graphed = open_pipeline(tiny_model, device="cuda", precision="fp16", cuda_graphs=True)
     for g in (7.5, 1.0):  # two batch sizes: one graph each
         req = Request(PROMPT, steps=4, seed=3, guidance=g, negative_prompt="blurry")
         a, b = eager(req).images[0], graphed(req).images[0]

@@ -13,9 +13,9 @@ TINY = {"steps": 2, "width": 64, "height": 64}  # the shipped model at its small
 
 @pytest.fixture(scope="session")
 def shipped_pipe():
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
-    return Pipeline(None, threads=1)
+    return open_pipeline(None, threads=1)
 
 
 class GatedPipe:

@@ -46,9 +46,9 @@ def test_client_disconnect_stops_its_job(shipped_pipe):
 def torch_pipe():
     pytest.importorskip("torch", reason="img2img on the shipped model needs its VAE encoder: the [torch] extra")
     from shanshui.models import default_source_path
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
-    return Pipeline(default_source_path(), backend="torch", threads=1)
+    return open_pipeline(default_source_path(), backend="torch", threads=1)
 
 
 def test_img2img(torch_pipe):

@@ -70,11 +70,11 @@ def test_image_to_image_from_the_page(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the [dev] extra installs playwright")
     pytest.importorskip("torch", reason="the shipped model's VAE encoder runs on the [torch] extra")
     from shanshui.models import default_source_path
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
     sketch = tmp_path / "sketch.png"
     Image.new("RGB", (120, 90), (230, 228, 220)).save(sketch)
-    app = create_app(Pipeline(default_source_path(), backend="torch", threads=1))
+    app = create_app(open_pipeline(default_source_path(), backend="torch", threads=1))
     with serving(app) as url, sync_api.sync_playwright() as pw:
         browser = launch(pw, path)
         page = browser.new_page(viewport={"width": 390, "height": 844})

@@ -18,9 +18,9 @@ def test_serve_without_torch():
         sys.meta_path.insert(0, Block())
         from fastapi.testclient import TestClient
         import shanshui.cli  # the command registered in the CLI
-        from shanshui.runtime.pipeline import Pipeline
+        from shanshui.runtime.pipeline import open_pipeline
         from shanshui.serve.app import create_app
-        app = create_app(Pipeline(None, threads=1))
+        app = create_app(open_pipeline(None, threads=1))
         with TestClient(app) as c:
             r = c.post("/sdapi/v1/txt2img", json={{"prompt": "一棵青松", "steps": 2, "width": 64, "height": 64}})
             assert r.status_code == 200, r.text

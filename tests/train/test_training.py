@@ -131,7 +131,7 @@ def test_vae_training_runs_and_resumes(image_folder, tmp_path):
 
 
 def test_unet_training_writes_a_pipeline(image_folder, tmp_path):
-    from shanshui.runtime.pipeline import Pipeline, Request
+    from shanshui.runtime.pipeline import Request, open_pipeline
     from shanshui.train.unet import UnetConfig, train_unet
     from shanshui.train.vae import VaeConfig, train_vae
 
@@ -144,7 +144,7 @@ def test_unet_training_writes_a_pipeline(image_folder, tmp_path):
     assert (out / "checkpoints" / "step-000003" / "ema.safetensors").is_file()
     losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
     assert all(np.isfinite(losses))
-    result = Pipeline(out, backend="torch", device="cpu")(Request("青山", steps=2, height=64, width=64))
+    result = open_pipeline(out, backend="torch", device="cpu")(Request("青山", steps=2, height=64, width=64))
     assert result.images[0].shape == (64, 64, 3)
     tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
     assert "青" in tok["model"]["vocab"] and "松" in tok["model"]["vocab"]  # the vocabulary of the captions

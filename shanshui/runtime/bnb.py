@@ -11,16 +11,16 @@ from __future__ import annotations
 from shanshui.errors import ShanshuiError
 
 INT8_MODULES = ("text_encoder", "unet")
-ALTERNATIVE = "or use the int8 ONNX export with ONNX Runtime: `shanshui export --precision int8`, then `shanshui generate -m EXPORT`"
+BNB_ALTERNATIVE = "or use the int8 ONNX export with ONNX Runtime: `shanshui export --precision int8`, then `shanshui generate -m EXPORT`"
 
 
 def _import_bnb():
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise ShanshuiError(f"--precision int8 on the torch backend needs bitsandbytes: pip install 'shanshui[bnb]'; {ALTERNATIVE}") from None
+        raise ShanshuiError(f"--precision int8 on the torch backend needs bitsandbytes: pip install 'shanshui[bnb]'; {BNB_ALTERNATIVE}") from None
     except Exception as e:  # bitsandbytes raises RuntimeError/OSError when it finds no usable native library
-        raise ShanshuiError(f"bitsandbytes cannot run here ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {ALTERNATIVE}") from None
+        raise ShanshuiError(f"bitsandbytes cannot run here ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {BNB_ALTERNATIVE}") from None
     return bnb
 
 
@@ -55,6 +55,6 @@ def to_int8(modules: dict, device: str, threshold: float = 6.0) -> dict:
         try:
             modules[name].to(device)
         except Exception as e:  # e.g. no kernel for this device in this bitsandbytes build
-            raise ShanshuiError(f"bitsandbytes cannot quantize on {device} ({str(e).splitlines()[0]}); {ALTERNATIVE}") from None
+            raise ShanshuiError(f"bitsandbytes cannot quantize on {device} ({str(e).splitlines()[0]}); {BNB_ALTERNATIVE}") from None
         swapped[name] = n
     return swapped

@@ -15,6 +15,16 @@ from typing import Callable
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+import shanshui.data.render as render_mod
+import shanshui.data.scene as scene_mod
+from shanshui.data import scene as S
+from shanshui.data.captions import caption_with_keys, phrases
+from shanshui.data.render import render
+from shanshui.data.scene import sample_scene, scene_seed
+from shanshui.hf import reconstruct
+from shanshui.metrics import psnr, ssim
+from shanshui.runtime.image import save_grid
+from shanshui.runtime.pipeline import Request, open_pipeline
 
 CLS_SIZE = 64  # the classifier sees 64×64 thumbnails
 TRAIN_BASE, TEST_BASE, PROMPT_BASE = 910_001, 920_002, 930_003  # seed ranges no training set uses by default
@@ -22,7 +32,6 @@ TRAIN_BASE, TEST_BASE, PROMPT_BASE = 910_001, 920_002, 930_003  # seed ranges no
 
 def attribute_classes() -> dict[str, tuple]:
     """Attribute name → its classes, for the attributes captions can state."""
-    from shanshui.data import scene as S
 
     return {"style": S.STYLES, "season": S.SEASONS, "time": S.TIMES, "water": S.WATERS, "mist": S.MISTS,
             "building": S.BUILDINGS, "peak_shape": S.PEAK_SHAPES, "boat": (False, True), "pine": (False, True),
@@ -44,9 +53,6 @@ def thumbnails(images: list[np.ndarray]) -> np.ndarray:
 
 
 def _render_set(base: int, n: int, size: int):
-    from shanshui.data.render import render
-    from shanshui.data.scene import sample_scene, scene_seed
-
     scenes = [sample_scene(scene_seed(base, i)) for i in range(n)]
     return scenes, [render(s, size) for s in scenes]
 
@@ -84,8 +90,6 @@ def predict(net, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def _classifier_cache(n_train: int, n_test: int, size: int, epochs: int, cache: Path | None) -> Path:
     """Where the classifier for these settings and this renderer's source is kept."""
-    import shanshui.data.render as render_mod
-    import shanshui.data.scene as scene_mod
 
     src = b"".join(Path(m.__file__).read_bytes() for m in (render_mod, scene_mod))
     heads = ",".join(f"{k}:{len(v)}" for k, v in attribute_classes().items())  # a new head needs a new classifier
@@ -167,8 +171,6 @@ def targets_of(keys, scene) -> dict[str, set[int]]:
 
 def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, set[int]]]]:
     """n (language, prompt, {stated attribute: allowed classes}) from held-out scenes; half Chinese, half English."""
-    from shanshui.data.captions import caption_with_keys
-    from shanshui.data.scene import sample_scene, scene_seed
 
     out = []
     for i in range(n):
@@ -184,12 +186,10 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
                    classifier: dict | None = None, swap_seeds: int = 6, swap_grid: Path | None = None) -> dict:
     """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid;
     the prompt swap (same seeds, prompts differing in one attribute) when swap_seeds > 0."""
-    from shanshui.runtime.pipeline import Pipeline, Request
-    from shanshui.train.common import save_grid
 
     if prompts < 2:
         raise ShanshuiError("eval needs at least 2 prompts")
-    pipe = Pipeline(model, backend=backend)
+    pipe = open_pipeline(model, backend=backend)
     net, ceiling = train_classifier(progress=progress, **(classifier or {}))
     cases = held_out_prompts(prompts)
     images = []
@@ -225,12 +225,10 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
 
 def vae_reconstruction(pipe, n: int = 32) -> dict | None:
     """PSNR/SSIM of the model's VAE on held-out renders (needs the PyTorch VAE: diffusers folders only)."""
-    from shanshui.metrics import psnr, ssim
 
     vae = getattr(pipe.components, "vae", None)
     if vae is None:
         return None
-    from shanshui.train.vae import reconstruct
 
     _, images = _render_set(TEST_BASE, n, pipe.default_size[0])
     rec = reconstruct(vae, np.stack(images), pipe.components.device)
@@ -251,9 +249,6 @@ SWAP_BASE = {"zh": "青山环绕", "en": "surrounded by green mountains"}  # the
 def swap_prompts(langs=("zh", "en")) -> list[tuple[str, object, str, str]]:
     """(attribute, value, lang, prompt): the shared mountain phrase plus the captioner's first wording of the value."""
     import dataclasses
-
-    from shanshui.data.captions import phrases
-    from shanshui.data.scene import sample_scene
 
     base = sample_scene(0)
     out = []
@@ -287,7 +282,6 @@ CONTRASTS = (  # (name, attribute, value A, value B, statistic, A should be lowe
 def prompt_swap(pipe, net, ceiling: dict, seeds: int = 6, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
                 langs=("zh", "en"), grid: Path | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Per attribute: how often the classifier reads the prompted value, beside its ceiling; colour contrasts per seed."""
-    from shanshui.runtime.pipeline import Request
 
     cases = swap_prompts(langs)
     images = {}
@@ -313,7 +307,6 @@ def prompt_swap(pipe, net, ceiling: dict, seeds: int = 6, steps: int = 20, guida
     if grid is not None:
         rows = [(a, v) for a, v in (("time", "day"), ("time", "dusk"), ("time", "night"), ("style", "ink"), ("style", "blue_green"),
                                     ("season", "winter"), ("season", "autumn"), ("boat", True), ("format", "tall"))]
-        from shanshui.train.common import save_grid
 
         save_grid([images[(a, v, langs[0], s)] for a, v in rows for s in range(seeds)], grid, cols=seeds)
         report["grid"] = Path(grid).name

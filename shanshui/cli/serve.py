@@ -1,4 +1,4 @@
-"""The `shanshui serve` command: check the binding, load the model once, run uvicorn."""
+"""`shanshui serve`: check the binding, load the model once, run uvicorn over shanshui.serve.app."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from shanshui.env import default_threads
 from shanshui.errors import ShanshuiError
+from shanshui.limits import check_threads
 from shanshui.pngmeta import model_label
-from shanshui.runtime.backends import Backend, Device, TorchPrecision
+from shanshui.runtime.backends import Backend, Device
+from shanshui.runtime.pipeline import open_pipeline
 from shanshui.serve import limits
+from shanshui.serve.app import Settings, create_app
 from shanshui.serve.security import NO_KEY_OPT_OUT, check_binding
+from shanshui.spec.contract import TorchPrecision
 
 
 def serve(
@@ -35,16 +40,9 @@ def serve(
         raise ShanshuiError("--api-key must be at least 16 characters; e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe())'`")
     try:
         import uvicorn
-
-        from shanshui.serve.app import Settings, create_app
     except ImportError as e:
         raise ShanshuiError(f"serving needs {e.name}; reinstall shanshui (`pip install shanshui`)") from None
-    from shanshui.runtime.backends import default_threads
-    from shanshui.runtime.pipeline import Pipeline
-
-    from shanshui.limits import check_threads
-
-    pipe = Pipeline(model, backend=backend.value, device=device.value, threads=check_threads(threads) or default_threads(),
+    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=check_threads(threads) or default_threads(),
                     precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
     app = create_app(pipe, Settings(max_queue=max_queue, api_key=api_key, timeout_s=timeout, cors_origins=cors_origin or []))
     if warning:

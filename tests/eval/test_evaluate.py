@@ -3,7 +3,7 @@
 import numpy as np
 
 from shanshui.data.scene import sample_scene
-from shanshui.train import evaluate as ev
+from shanshui.eval import evaluate as ev
 
 
 def test_targets_follow_the_caption_facts():
@@ -69,9 +69,9 @@ def _swap(pipe, tmp_path):
 
 
 def test_prompt_swap_reads_a_model_with_the_text_path_cut_as_insensitive(tiny_model, tmp_path):
-    from shanshui.runtime.pipeline import Pipeline
+    from shanshui.runtime.pipeline import open_pipeline
 
-    pipe = Pipeline(tiny_model, backend="torch", device="cpu")
+    pipe = open_pipeline(tiny_model, backend="torch", device="cpu")
     live = _swap(pipe, tmp_path)
     assert all(v > 1e-3 for v in live["effect_size"].values()), live["effect_size"]  # a random text path still moves ε
     pipe.components = _TextCut(pipe.components)

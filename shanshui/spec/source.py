@@ -5,25 +5,15 @@ Torch-free: only JSON and file hashing, so errors about a wrong folder come befo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ModelDims
-from shanshui.fsutil import sha256_files
+from shanshui.fsutil import read_json, sha256_files
 from shanshui.integrity import check_safetensors
+from shanshui.spec.contract import ModelDims
 
 REQUIRED = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ShanshuiError(f"missing {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShanshuiError(f"{path} is not valid JSON ({e.__class__.__name__}); re-create the model folder") from None
 
 
 def model_resolution(root: Path) -> int:

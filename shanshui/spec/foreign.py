@@ -13,14 +13,13 @@ import json
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.manifest import FORMAT_VERSION
-
-REQUIRED = ("text_encoder", "unet", "vae_decoder")
+from shanshui.spec.clip_bpe import special_tokens, token_text
+from shanshui.spec.contract import ALL_COMPONENTS, COMPONENTS
 
 
 def is_foreign_onnx(root: Path) -> bool:
     root = Path(root)
-    return (root / "model_index.json").is_file() and all((root / c / "model.onnx").is_file() for c in REQUIRED)
+    return (root / "model_index.json").is_file() and all((root / c / "model.onnx").is_file() for c in COMPONENTS)
 
 
 def _config(root: Path, comp: str) -> dict:
@@ -34,9 +33,7 @@ def _config(root: Path, comp: str) -> dict:
 
 
 def foreign_manifest(root: Path) -> dict:
-    """A shanshui manifest (the fields the runtime reads) for an ONNX folder from another exporter."""
-    from shanshui.runtime.clip_bpe import special_tokens, token_text
-
+    """A shanshui manifest (the fields the runtime reads, less format_version) for an ONNX folder from another exporter."""
     root = Path(root)
     te, unet, vae = _config(root, "text_encoder"), _config(root, "unet"), _config(root, "vae_decoder")
     if unet.get("addition_embed_type") in ("text_time", "image"):
@@ -53,9 +50,8 @@ def foreign_manifest(root: Path) -> dict:
     multiple = vae_scale * 2 ** (len(unet["block_out_channels"]) - 1)
     dims = {"text_len": text_len, "text_dim": int(te["hidden_size"]), "vocab_size": int(te["vocab_size"]),
             "latent_channels": int(unet.get("in_channels", 4)), "vae_scale": vae_scale, "size_multiple": multiple}
-    comps = [c for c in REQUIRED + ("vae_encoder",) if (root / c / "model.onnx").is_file()]
+    comps = [c for c in ALL_COMPONENTS if (root / c / "model.onnx").is_file()]
     return {
-        "format_version": FORMAT_VERSION,
         "precision": "unknown",
         "foreign": True,
         "dims": dims,

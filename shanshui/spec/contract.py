@@ -1,7 +1,9 @@
-"""The per-component contract: tensor names, dtypes, symbolic dims, shape profiles and sample inputs.
+"""The one vocabulary: component names, tensor names, precisions, and the per-component contract (dtypes, symbolic
+dims, shape profiles, sample inputs).
 
-One description is read by ONNX export (names, dynamic axes, parity inputs), by the runtime (what to feed) and by
-TensorRT engine builds (min/opt/max profiles). Torch-free on purpose. The names follow the ONNX diffusion layout
+Read by ONNX export (names, dynamic axes, parity inputs), the runtime backends (what to feed, what to fetch),
+quantization (calibration feeds, per-component checks), TensorRT engine builds (min/opt/max profiles), bench and the
+CLI (precision choices). Torch-free on purpose. The names follow the ONNX diffusion layout
 that Optimum and the TensorRT diffusion demo already use, so an exported folder is not a private format.
 
 Symbolic dims:
@@ -12,11 +14,60 @@ Symbolic dims:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass
 
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+
+# Components: the three every export and engine folder has, plus the optional image-to-image encoder.
+TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = "text_encoder", "unet", "vae_decoder", "vae_encoder"
+COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER)
+ALL_COMPONENTS = COMPONENTS + (VAE_ENCODER,)
+SOURCE_FOLDER = {TEXT_ENCODER: "text_encoder", UNET: "unet", VAE_DECODER: "vae", VAE_ENCODER: "vae"}  # in a diffusers folder
+
+# Tensor names (Optimum's ONNX diffusion layout).
+INPUT_IDS = "input_ids"  # text_encoder in
+LAST_HIDDEN_STATE, POOLER_OUTPUT = "last_hidden_state", "pooler_output"  # text_encoder out
+SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES = "sample", "timestep", "encoder_hidden_states"  # unet in
+OUT_SAMPLE = "out_sample"  # unet out
+LATENT_SAMPLE = "latent_sample"  # vae_decoder in; its output is SAMPLE (the image), as is vae_encoder's input
+LATENT_PARAMETERS = "latent_parameters"  # vae_encoder out
+
+
+class Precision(str, enum.Enum):
+    """Weight precision of an ONNX export or a TensorRT engine."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class QuantizePrecision(str, enum.Enum):
+    """What `shanshui quantize` makes from an fp32 export."""
+
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class TorchPrecision(str, enum.Enum):
+    """What the torch backend loads weights as."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
+def choices(enum_cls: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(p.value for p in enum_cls)
+
+
+def check_choice(what: str, value: str, enum_cls: type[enum.Enum]) -> None:
+    if value not in choices(enum_cls):
+        raise ShanshuiError(f"{what} {value!r} is not available; choose one of {', '.join(choices(enum_cls))}")
+
 
 Dim = str | int
 Profile = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (min, opt, max) shapes
@@ -87,8 +138,6 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     atol: float  # parity tolerance against PyTorch fp32: max|onnx - torch| <= atol + rtol * max|torch|
     rtol: float
-    notes: str = ""
-    extra: dict = field(default_factory=dict)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """The torch.onnx.export dynamic_axes mapping: every symbolic dim of every input and output."""
@@ -111,9 +160,9 @@ class ComponentSpec:
         feeds = {}
         for t in self.inputs:
             shape = self.shape_of(t, values)
-            if t.name == "input_ids":
+            if t.name == INPUT_IDS:
                 feeds[t.name] = rng.integers(0, dims.vocab_size, size=shape, dtype=np.int64)
-            elif t.name == "timestep":
+            elif t.name == TIMESTEP:
                 feeds[t.name] = rng.uniform(0, 999, size=shape).astype(np.float32)
             else:
                 feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
@@ -124,43 +173,38 @@ def components(dims: ModelDims) -> dict[str, ComponentSpec]:
     """The exported components of a latent diffusion pipeline, keyed by folder name (vae_encoder: image-to-image)."""
     c, n, d = dims.latent_channels, dims.text_len, dims.text_dim
     return {
-        "text_encoder": ComponentSpec(
-            "text_encoder",
-            inputs=(TensorSpec("input_ids", "int64", ("B2", n)),),
-            outputs=(
-                TensorSpec("last_hidden_state", "float32", ("B2", n, d)),
-                TensorSpec("pooler_output", "float32", ("B2", d)),
-            ),
+        TEXT_ENCODER: ComponentSpec(
+            TEXT_ENCODER,
+            inputs=(TensorSpec(INPUT_IDS, "int64", ("B2", n)),),
+            outputs=(TensorSpec(LAST_HIDDEN_STATE, "float32", ("B2", n, d)), TensorSpec(POOLER_OUTPUT, "float32", ("B2", d))),
             atol=1e-4,
             rtol=1e-3,
         ),
-        "unet": ComponentSpec(
-            "unet",
+        UNET: ComponentSpec(  # predicts ε or v (scheduler prediction_type); timestep is float so fractional ones work
+            UNET,
             inputs=(
-                TensorSpec("sample", "float32", ("B2", c, "h", "w")),
-                TensorSpec("timestep", "float32", ("B2",)),
-                TensorSpec("encoder_hidden_states", "float32", ("B2", n, d)),
+                TensorSpec(SAMPLE, "float32", ("B2", c, "h", "w")),
+                TensorSpec(TIMESTEP, "float32", ("B2",)),
+                TensorSpec(ENCODER_HIDDEN_STATES, "float32", ("B2", n, d)),
             ),
-            outputs=(TensorSpec("out_sample", "float32", ("B2", c, "h", "w")),),
+            outputs=(TensorSpec(OUT_SAMPLE, "float32", ("B2", c, "h", "w")),),
             atol=1e-4,
             rtol=1e-3,
-            notes="predicts ε or v (scheduler prediction_type); timestep is float so fractional timesteps work",
         ),
-        "vae_decoder": ComponentSpec(
-            "vae_decoder",
-            inputs=(TensorSpec("latent_sample", "float32", ("B", c, "h", "w")),),
-            outputs=(TensorSpec("sample", "float32", ("B", 3, "H", "W")),),
+        VAE_DECODER: ComponentSpec(  # input is latents / scaling_factor; output in [-1, 1]
+            VAE_DECODER,
+            inputs=(TensorSpec(LATENT_SAMPLE, "float32", ("B", c, "h", "w")),),
+            outputs=(TensorSpec(SAMPLE, "float32", ("B", 3, "H", "W")),),
             atol=1e-4,
             rtol=1e-3,
-            notes="input is latents / scaling_factor; output in [-1, 1]",
         ),
-        "vae_encoder": ComponentSpec(  # image-to-image; Optimum's names: the latent distribution's mean and log-variance
-            "vae_encoder",
-            inputs=(TensorSpec("sample", "float32", ("B", 3, "H", "W")),),
-            outputs=(TensorSpec("latent_parameters", "float32", ("B", 2 * c, "h", "w")),),
+        # image-to-image; input an image in [-1, 1]; output channels: the latent distribution's mean then log-variance
+        VAE_ENCODER: ComponentSpec(
+            VAE_ENCODER,
+            inputs=(TensorSpec(SAMPLE, "float32", ("B", 3, "H", "W")),),
+            outputs=(TensorSpec(LATENT_PARAMETERS, "float32", ("B", 2 * c, "h", "w")),),
             atol=1e-4,
             rtol=1e-3,
-            notes="input is an image in [-1, 1]; output channels: mean then log-variance (× scaling_factor: latents)",
         ),
     }
 

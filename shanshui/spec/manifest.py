@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.contract import ModelDims, ShapeSettings
 from shanshui.integrity import check_manifest, inside, loads_strict, verify_component
+from shanshui.spec.contract import COMPONENTS, ModelDims, ShapeSettings
+from shanshui.spec.foreign import foreign_manifest, is_foreign_onnx
 
 MANIFEST = "shanshui_manifest.json"
 FORMAT_VERSION = 1
@@ -51,14 +52,12 @@ def open_exported(root: Path) -> ExportedModel:
     root = Path(root)
     m = read_manifest(root)
     if m is None:
-        from shanshui.export.foreign import foreign_manifest, is_foreign_onnx
-
         if is_foreign_onnx(root):  # e.g. Optimum's export: a manifest from the folder's own configs
-            m = foreign_manifest(root)
+            m = {"format_version": FORMAT_VERSION, **foreign_manifest(root)}
     if m is None:
         raise ShanshuiError(f"{root} is not a shanshui export (no {MANIFEST}); run `shanshui export` on a model folder")
     model = ExportedModel(root, m)
-    for comp in ("text_encoder", "unet", "vae_decoder"):
+    for comp in COMPONENTS:
         if not model.onnx_path(comp).is_file():
             raise ShanshuiError(f"{model.onnx_path(comp)} is missing; re-run `shanshui export` to complete the folder")
     for comp, entry in m["components"].items():  # sizes and sha256 as the export recorded them

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -35,13 +35,13 @@ class Fmt(str, Enum):
 
 @app.command("render")
 def render_cmd(
-    out: Path = typer.Argument(..., help="Folder to write (imagefolder: images/*.png + metadata.jsonl); re-run to resume."),
-    count: int = typer.Option(1000, "--count", "-n", help="How many images the data set holds."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels, a multiple of 8 (64..2048)."),
-    seed: int = typer.Option(0, "--seed", help="Data set seed; image i uses a scene seed derived from (seed, i)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Processes to use [default: every core]."),
-    fmt: Fmt = typer.Option(Fmt.mixed, "--format", help="Painting format: square, tall scroll, wide handscroll or mixed."),
-    p_empty: float = typer.Option(0.1, "--p-empty", help="Share of images with empty captions (classifier-free guidance)."),
+    out: Annotated[Path, typer.Argument(help="Folder to write (imagefolder: images/*.png + metadata.jsonl); re-run to resume.")],
+    count: Annotated[int, typer.Option("--count", "-n", help="How many images the data set holds.")] = 1000,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels, a multiple of 8 (64..2048).")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Data set seed; image i uses a scene seed derived from (seed, i).")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Processes to use [default: every core].")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Painting format: square, tall scroll, wide handscroll or mixed.")] = Fmt.mixed,
+    p_empty: Annotated[float, typer.Option("--p-empty", help="Share of images with empty captions (classifier-free guidance).")] = 0.1,
 ) -> None:
     """Render COUNT captioned paintings into OUT; images already complete there are kept."""
     console = Console(stderr=True)

@@ -9,7 +9,7 @@ from shanshui.errors import ShanshuiError
 
 
 def test_missing_bitsandbytes_is_one_clear_error(monkeypatch):
-    from shanshui.quantize.bnb import to_int8
+    from shanshui.runtime.bnb import to_int8
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` raise ImportError
     with pytest.raises(ShanshuiError, match=r"pip install 'shanshui\[bnb\]'.*--precision int8"):
@@ -20,7 +20,7 @@ def test_int8_linear_layers_follow_fp32(tiny_model):
     pytest.importorskip("bitsandbytes")  # in the [dev] extra, so present in CI
     import torch
 
-    from shanshui.quantize.bnb import to_int8
+    from shanshui.runtime.bnb import to_int8
     from shanshui.runtime.backends import TorchComponents
 
     ref = TorchComponents.from_folder(tiny_model, device="cpu")
