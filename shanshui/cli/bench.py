@@ -53,6 +53,7 @@ def bench(
 
     _check_numbers(steps=steps, repeats=repeats, warmup=warmup, stage_repeats=stage_repeats, threads=threads,
                    rounds=rounds, min_time=min_time, timeout=timeout)
+    limits.check_bench(seed, guidance, threads, steps, prompt, size)
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
     if load is not None:
         report = load_report(load)
@@ -86,4 +87,3 @@ def _check_numbers(steps, repeats, warmup, stage_repeats, threads, rounds, min_t
         raise ShanshuiError(f"--min-time must be zero or more seconds, got {min_time}")
     if timeout is not None and timeout <= 0:
         raise ShanshuiError(f"--timeout must be positive, got {timeout}")
-    limits.check_bench(seed, guidance, threads, steps, prompt, size)
