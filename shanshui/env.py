@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from shanshui.limits import env_threads
 
 
 def default_threads() -> int | None:
-    """SHANSHUI_THREADS, else let the runtime decide."""
-    v = os.environ.get("SHANSHUI_THREADS")
-    return int(v) if v and v.isdigit() and int(v) > 0 else None
+    """SHANSHUI_THREADS, else let the runtime decide; a value that is no thread count is an error, never ignored."""
+    return env_threads()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,6 +21,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success rename it into place, on failure remove it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):  # of a killed run writing the same file
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -37,6 +41,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     failure it is removed. Readers never see a half-written folder under the final name."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*"):  # of a killed run writing the same folder
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
@@ -60,7 +66,9 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
 
 
 def write_json_atomic(final: Path, obj: object) -> None:
-    write_bytes_atomic(final, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """Strict JSON: a non-finite float (an infinite PSNR of identical images) is written as null, never NaN."""
+    text = json.dumps(finite_json(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    write_bytes_atomic(final, (text + "\n").encode("utf-8"))
 
 
 def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
@@ -72,6 +80,17 @@ def sha256_files(paths: list[Path], chunk: int = 1 << 22) -> str:
             while block := f.read(chunk):
                 h.update(block)
     return h.hexdigest()
+
+
+def finite_json(obj: object) -> object:
+    """`obj` with non-finite floats replaced by None (JSON has no NaN or Infinity), for reports we write."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def read_json(path: Path) -> dict:

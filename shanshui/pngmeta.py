@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from shanshui import __version__, models
 
-SAMPLER_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M"}  # the web UI's names
+SAMPLER_NAMES = {"ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M",  # the web UI's names
+                 "dpmpp_2m_karras": "DPM++ 2M Karras", "euler_karras": "Euler Karras"}
 MACHINE_KEY = "shanshui"
 
 

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1] / "shanshui"
 # Lower number = lower layer. A module may import its own package and packages of lower layers, never higher ones.
 LAYERS = {
     "shanshui": 0, "errors": 0, "models": 0,  # the package root (__version__), the one exception type, shipped model
-    "fsutil": 1, "metrics": 1, "env": 1, "weights": 1, "onnxrt": 1, "pngmeta": 1,  # foundation
-    "spec": 2, "data": 2,  # torch-free description of every folder and tensor; synthetic training paintings
+    "fsutil": 1, "metrics": 1, "weights": 1, "onnxrt": 1, "pngmeta": 1,  # foundation
+    "limits": 1, "integrity": 1,  # every input range and its checks; hashes, paths inside folders, finite outputs
+    "spec": 2, "data": 2, "env": 2,  # torch-free description of every folder and tensor; training paintings; settings
     "hf": 3,  # the torch side of a diffusers folder
     "engines": 4,
     "runtime": 5,

@@ -3,6 +3,7 @@ Every failure is a one-line `error:` and a non-zero exit."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -17,6 +18,7 @@ from shanshui.cli.lowmem import lowmem
 from shanshui.cli.model import export, init, quantize
 from shanshui.cli.serve import serve
 from shanshui.cli.train import app as train_app
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 
 # typer >= 0.20 vendors click and raises its own exceptions under TyperException; older typer raises click's.
@@ -38,12 +40,22 @@ class OneLineErrors(TyperGroup):
             code, msg = e.exit_code, f"{e.format_message()}{hint}"
         except ShanshuiError as e:
             code, msg = 1, str(e)
-        except (typer.Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt, limits.Interrupted):
+            if standalone_mode:  # a second Ctrl-C (or one torch re-delivers) must not cut the exit short
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             code, msg = 130, "interrupted"
+        except (OSError, MemoryError) as e:  # a full disk, a read-only folder, no memory left: still one line
+            code, msg = 1, limits.system_error_message(e)
         else:
             return self._exit(rv if isinstance(rv, int) else 0, standalone_mode)
         typer.echo(f"error: {' '.join(msg.split())}", err=True)
         return self._exit(code, standalone_mode)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # typer would turn it into a silent exit 130; temp files are gone by now
+            raise limits.Interrupted() from None
 
     @staticmethod
     def _exit(code: int, standalone_mode: bool) -> int:

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from shanshui import limits
 from shanshui.bench.plan import DEFAULT_PROMPT, BenchBackend, Peer, Settings, parse_list, parse_sizes
 from shanshui.bench.report import compare_reports, format_compare, load_report, write_reports
 from shanshui.bench.runner import BenchConfig, run_bench
@@ -63,6 +64,7 @@ def bench(
     """Measure latency, memory and image quality per backend × precision, beside diffusers (and Optimum)."""
     _check_numbers(steps=steps, repeats=repeats, warmup=warmup, stage_repeats=stage_repeats, threads=threads,
                    rounds=rounds, min_time=min_time, timeout=timeout)
+    limits.check_bench(seed, guidance, threads, steps, prompt, size)
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
     memory = requests(low_memory, max_memory, memory_strategies)
     if load is not None:

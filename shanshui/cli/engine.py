@@ -9,6 +9,7 @@ import typer
 from shanshui.engines import trt
 from shanshui.engines.build import build_engines, check_engines, default_engine_dir, describe
 from shanshui.errors import ShanshuiError
+from shanshui.limits import check_float
 from shanshui.spec.engine_manifest import ENGINE_MANIFEST, read_engine_manifest
 from shanshui.spec.contract import Precision
 from shanshui.spec.manifest import open_exported
@@ -36,6 +37,8 @@ def build(
 ):
     """Build (or reuse) TensorRT engines for text encoder, U-Net and VAE decoder on this GPU."""
 
+    if workspace_gib is not None:
+        check_float("--workspace-gib", workspace_gib, 0.0, 4096.0, lo_open=True, hint="e.g. 4")
     manifest = build_engines(
         export_dir, out, precision=precision.value, shapes=shapes, dynamic=dynamic,
         workspace_bytes=int(workspace_gib * 2**30) if workspace_gib else None,

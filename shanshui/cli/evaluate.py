@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from shanshui.errors import ShanshuiError
+from shanshui import limits
 from shanshui.eval.evaluate import evaluate_model
 from shanshui.fsutil import write_json_atomic
 
@@ -24,8 +24,7 @@ def eval_(
 ):
     """Score how well generated paintings follow their prompts, attribute by attribute."""
 
-    if swap_seeds < 0 or swap_seeds > 64:
-        raise ShanshuiError(f"--swap-seeds must be between 0 and 64, got {swap_seeds}")
+    limits.check_eval(prompts, steps, guidance, swap_seeds, grid, json_out, swap_grid)
     report = evaluate_model(model, prompts=prompts, steps=steps, guidance=guidance, grid=grid,
                             progress=lambda s: typer.echo(s, err=True), swap_seeds=swap_seeds, swap_grid=swap_grid)
     typer.echo(f"{'attribute':12s} {'generated':>9s} {'ceiling':>8s} {'chance':>7s}  n")

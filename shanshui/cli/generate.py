@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from shanshui import limits
 from shanshui.env import default_threads
 from shanshui.errors import ShanshuiError
 from shanshui.runtime.backends import Backend, Device
@@ -70,21 +71,24 @@ def generate(
 
     if strength is not None and init_image is None:
         raise ShanshuiError("--strength is for image-to-image; give the picture with --init-image")
+    threads = limits.check_threads(threads) or default_threads()
+    output = limits.writable_file(output, ".png")
     req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, seed=seed,
                   height=height, width=width, sampler=sampler.value, num_images=num_images, init_image=init_image,
                   strength=0.6 if strength is None else strength)
-    if output.suffix.lower() != ".png":
-        raise ShanshuiError(f"output {output} must end in .png")
+    limits.check_request(req)
     memory = memory_strategy(model, low_memory, max_memory, height, width, num_images, guidance != 1)
-    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
-                         precision=precision.value if precision else None, cuda_graphs=cuda_graphs, memory=memory)
-    pipe.validate(req)
+    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=threads,
+                         precision=precision.value if precision else None, cuda_graphs=cuda_graphs, request=req,
+                         memory=memory)
     with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=None, transient=True) as progress:
         task = progress.add_task("sampling", total=steps)
         result = pipe(req, callback=lambda i, n: progress.update(task, completed=i + 1, total=n))
     if result.truncated:
         typer.echo(f"warning: the prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
+    if result.negative_truncated:
+        typer.echo(f"warning: the negative prompt was cut to {pipe.tokenizer.max_length} tokens", err=True)
     for i, image in enumerate(result.images):
         path = save_png(numbered(output, i, len(result.images)), image, {**result.params, "seed": seed, "index": i})
         typer.echo(f"wrote {path}")

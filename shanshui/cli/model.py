@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from shanshui.errors import ShanshuiError
-from shanshui import models
+from shanshui import limits, models
 from shanshui.quantize.convert import export_at, quantize_export
 from shanshui.spec.contract import Precision, QuantizePrecision
 from shanshui.train.arch import Arch, init_model
@@ -31,6 +31,8 @@ def init(
 ):
     """Write a random-weight model folder (diffusers layout) for an architecture."""
 
+    limits.check_seed(seed)
+    limits.new_folder(out, "model folder")
     summary = init_model(arch.value, out, seed=seed)
     p = summary["parameters"]
     typer.echo(

@@ -9,6 +9,7 @@ import typer
 
 from shanshui.env import default_threads
 from shanshui.errors import ShanshuiError
+from shanshui.limits import check_threads
 from shanshui.pngmeta import model_label
 from shanshui.runtime.backends import Backend, Device
 from shanshui.runtime.pipeline import open_pipeline
@@ -41,7 +42,7 @@ def serve(
         import uvicorn
     except ImportError as e:
         raise ShanshuiError(f"serving needs {e.name}; reinstall shanshui (`pip install shanshui`)") from None
-    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=threads or default_threads(),
+    pipe = open_pipeline(model, backend=backend.value, device=device.value, threads=check_threads(threads) or default_threads(),
                     precision=precision.value if precision else None, cuda_graphs=cuda_graphs)
     app = create_app(pipe, Settings(max_queue=max_queue, api_key=api_key, timeout_s=timeout, cors_origins=cors_origin or []))
     if warning:

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
+from shanshui import limits
 from shanshui.data.captions import captions_for
 from shanshui.data.render import render
 from shanshui.data.scene import FORMATS, sample_scene, scene_seed
@@ -97,6 +98,9 @@ def _work(job: tuple[Path, int, int, int, str | None, float]) -> dict:
 def _validate(out: Path, count: int, size: int, seed: int, workers: int | None, fmt: str | None, p_empty: float) -> None:
     if not isinstance(count, int) or count < 1:
         raise ShanshuiError(f"--count must be at least 1 (got {count}); say how many images to render")
+    limits.check_int("--count", count, *limits.RENDER_COUNT, "render a large set in several folders")
+    if workers is not None:
+        limits.check_threads(workers, "--workers")
     if not isinstance(size, int) or size % 8 or not MIN_SIZE <= size <= MAX_SIZE:
         raise ShanshuiError(f"--size must be a multiple of 8 from {MIN_SIZE} to {MAX_SIZE} (got {size}); try 256 or 512")
     if not isinstance(seed, int) or seed < 0:
@@ -105,8 +109,9 @@ def _validate(out: Path, count: int, size: int, seed: int, workers: int | None, 
         raise ShanshuiError(f"--workers must be at least 1 (got {workers}); leave it out to use every core")
     if fmt is not None and fmt not in FORMATS:
         raise ShanshuiError(f"format must be one of {', '.join(FORMATS)} (got {fmt!r}); leave it out to mix them")
-    if not 0.0 <= p_empty <= 1.0:
+    if not 0.0 <= p_empty <= 1.0:  # NaN fails this too
         raise ShanshuiError(f"--p-empty must be between 0 and 1 (got {p_empty})")
+    limits.check_seed(seed)
     try:
         (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -159,18 +164,18 @@ def render_dataset(out: Path, count: int, size: int = 256, seed: int = 0, worker
     done = _read_done(out)
     with atomic_path(out / METADATA) as tmp:  # rewrite without torn lines, in index order
         tmp.write_text("".join(done[i] + "\n" for i in sorted(done)), encoding="utf-8")
-    todo = [i for i in range(count) if i not in done]
-    skipped = count - len(todo)
+    skipped = sum(1 for i in done if 0 <= i < count)
+    n_todo = count - skipped
     if progress:
         progress(skipped, count)
     t0 = time.perf_counter()
-    jobs = [(out, i, size, seed, fmt, p_empty) for i in todo]
-    n_workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+    jobs = ((out, i, size, seed, fmt, p_empty) for i in range(count) if i not in done)  # lazy: nothing grows with count
+    n_workers = min(workers or os.cpu_count() or 1, max(n_todo, 1))
     with open(out / METADATA, "a", encoding="utf-8") as meta_file:
         results: Iterable[dict]
         pool = multiprocessing.Pool(n_workers) if n_workers > 1 else None
         try:
-            results = pool.imap(_work, jobs, chunksize=max(1, min(chunk, len(jobs) // (4 * n_workers) or 1))) if pool else map(_work, jobs)
+            results = pool.imap(_work, jobs, chunksize=max(1, min(chunk, n_todo // (4 * n_workers) or 1))) if pool else map(_work, jobs)
             for n, meta in enumerate(results, start=1):
                 meta_file.write(json.dumps(meta, ensure_ascii=False) + "\n")
                 meta_file.flush()
@@ -180,7 +185,7 @@ def render_dataset(out: Path, count: int, size: int = 256, seed: int = 0, worker
             if pool:
                 pool.terminate()
                 pool.join()
-    return RenderResult(out, count, len(todo), skipped, time.perf_counter() - t0)
+    return RenderResult(out, count, n_todo, skipped, time.perf_counter() - t0)
 
 
 def load_folder(path: Path) -> list[Example]:

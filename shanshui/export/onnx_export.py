@@ -21,10 +21,12 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
 from shanshui.export.graph_check import check_onnx
 from shanshui.export.tokenizer_files import is_clip_bpe, write_tokenizer_folder
 from shanshui.fsutil import make_out_dir, read_json, umask, write_json_atomic
+from shanshui.integrity import component_intact, record_files, remove_stale_temps
 from shanshui.hf import load_component, require_torch
 from shanshui.onnxrt import ort_session
 from shanshui.runtime.schedules import portable_config
@@ -102,10 +104,11 @@ def _export_component(spec: ComponentSpec, source: SourceModel, shapes: ShapeSet
 
     errors = _check_parity(spec, source, module, ort_session(final), checks)
     del module
-    files = sorted(p.name for p in folder.iterdir())
+    sizes, hashes = record_files(folder, sorted(p.name for p in folder.iterdir()))
     return {
         "file": f"{spec.name}/model.onnx",
-        "files": {f: (folder / f).stat().st_size for f in files},
+        "files": sizes,
+        "sha256": hashes,
         "inputs": [asdict(t) for t in spec.inputs],
         "outputs": [asdict(t) for t in spec.outputs],
         "profile": {k: [list(s) for s in v] for k, v in spec.profile(source.dims, shapes).items()},
@@ -185,17 +188,14 @@ def export_model(
     """
     if precision != Precision.fp32.value:
         raise ShanshuiError(f"export_model writes fp32; {precision} comes from quantize.convert.export_at")
-    source, shapes, out = _plan(model_dir, out_dir, height, width, max_batch)
+    source, shapes, out, hashes = _plan(model_dir, out_dir, height, width, max_batch)
     old = read_manifest(out) or {}
     specs = components(source.dims)
-    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in specs}
     keys = {n: {"source_hash": hashes[n], "precision": precision, "opset": OPSET, "shapes": asdict(shapes)} for n in specs}
 
     def still_valid(name: str) -> bool:
         prev = old.get("components", {}).get(name)
-        return bool(prev) and prev.get("key") == keys[name] and all(
-            (out / name / f).is_file() and (out / name / f).stat().st_size == size for f, size in prev["files"].items()
-        )
+        return bool(prev) and prev.get("key") == keys[name] and component_intact(out, name, prev)
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -225,19 +225,21 @@ def export_model(
 
 
 def _plan(model_dir: Path, out_dir: Path | None, height: int | None, width: int | None,
-          max_batch: int) -> tuple[SourceModel, ShapeSettings, Path]:
-    """Check the source folder, the sizes and OUT before anything heavy is loaded."""
+          max_batch: int) -> tuple[SourceModel, ShapeSettings, Path, dict[str, str]]:
+    """Check the options, the source folder (its weights: safetensors, whole) and OUT before anything heavy is
+    loaded or OUT is made; returns the source's component hashes too. Stale temps of a killed export are removed."""
+    limits.check_export(height, width, max_batch)
     source = open_source(model_dir)
-    require_torch()
     res = model_resolution(source.root)
-    h, w = height or res, width or res
+    h, w = (res if height is None else height), (res if width is None else width)
     shapes = ShapeSettings(height=h, width=w, min_size=min(128, h, w), max_size=max(1024, h, w), max_batch=max_batch)
     shapes.check(source.dims)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(source.root, Precision.fp32.value)
-    if out.exists() and not out.is_dir():
-        raise ShanshuiError(f"{out} exists and is not a folder; choose another output folder")
+    out = limits.new_folder(Path(out_dir) if out_dir is not None else default_out_dir(source.root, Precision.fp32.value))
+    hashes = {name: source.component_hash(SOURCE_FOLDER[name]) for name in components(source.dims)}  # refuses pickles
+    require_torch()
     make_out_dir(out)
-    return source, shapes, out
+    remove_stale_temps(out, [*components(source.dims), MANIFEST])
+    return source, shapes, out, hashes
 
 
 def _export_into(spec: ComponentSpec, source: SourceModel, shapes: ShapeSettings, out: Path, manifest: dict) -> dict:

@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from shanshui import limits
 from shanshui.env import default_threads
 from shanshui.errors import ShanshuiError
 from shanshui.export.graph_check import check_onnx
 from shanshui.export.onnx_export import default_out_dir, export_model
 from shanshui.fsutil import make_out_dir, umask, write_json_atomic
+from shanshui.integrity import component_intact, record_files, remove_stale_temps
 from shanshui.quantize import fp16
 from shanshui.quantize.gate import check_quality, enforce
 from shanshui.quantize.int8 import ALWAYS_FLOAT, int8_format, output_quality, quantize_int8, record_feeds
@@ -51,14 +53,16 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
 
     int8_target: `cpu` — uint8 activations with zero points (ONNX Runtime's fast u8×s8 kernels); `tensorrt` —
     symmetric int8 activations, the only Q/DQ form TensorRT's explicit quantization takes."""
-    src, out = Path(src), Path(out)
+    src, out = Path(src), limits.new_folder(Path(out))
     source, key = _plan(src, out, precision, check, int8_target)
     old = read_manifest(out) if out.is_dir() else None
-    if old and old.get("quantize_key") == key and all((out / c / f).is_file() for c, e in old["components"].items() for f in e["files"]):
+    if old and old.get("quantize_key") == key and all(component_intact(out, c, e) for c, e in old["components"].items()):
         for c in old["components"]:
             on_event(c, "skip")
         return {**old, "out_dir": str(out)}
+    created = not out.exists()  # a run that fails removes the OUT it made (see finally)
     make_out_dir(out)
+    remove_stale_temps(out, ["candidate-"])  # of a killed run
     manifest = copy.deepcopy(source.manifest)
     manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
     tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
@@ -74,6 +78,8 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         _commit(tmp, out, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
     return {**manifest, "out_dir": str(out)}
 
 
@@ -114,7 +120,7 @@ def _convert_components(source: ExportedModel, tmp: Path, manifest: dict, precis
             files, info = _keep_fp32(src, tmp, name, entry, f"{precision} outputs overflowed (inf/nan); kept fp32")
             on_event(name, info["reason"])
         check_onnx(tmp / entry["file"])
-        entry["files"] = {f: (tmp / name / f).stat().st_size for f in files}
+        entry["files"], entry["sha256"] = record_files(tmp / name, files)
         manifest["quantization"][name] = info
 
 

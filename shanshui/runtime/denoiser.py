@@ -21,10 +21,11 @@ class GuidedDenoiser:
     """
 
     def __init__(self, unet: UNet, cond: np.ndarray, uncond: np.ndarray | None, guidance: float,
-                 sigmas_t: np.ndarray, prediction_type: str = "epsilon"):
+                 sigmas_t: np.ndarray, prediction_type: str = "epsilon", t_rule: Callable | None = None):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ShanshuiError(f"prediction_type {prediction_type!r} is not supported; use epsilon or v_prediction")
         self.unet, self.guidance, self.sigmas_t, self.prediction_type = unet, float(guidance), sigmas_t, prediction_type
+        self.t_rule = t_rule or sigma_to_t  # (σ, training σ table) -> timestep
         self.use_cfg = uncond is not None and self.guidance != 1.0
         self.cond = np.concatenate([uncond, cond]).astype(np.float32) if self.use_cfg else cond.astype(np.float32)
         self.calls = 0
@@ -32,7 +33,7 @@ class GuidedDenoiser:
     def __call__(self, x: np.ndarray, sigma: float) -> np.ndarray:
         c_in = 1.0 / np.sqrt(sigma**2 + 1.0)  # to the DDPM latent x_vp
         x_in = np.concatenate([x, x]) if self.use_cfg else x  # (B2, C, h, w)
-        t = np.full(len(x_in), sigma_to_t(sigma, self.sigmas_t), dtype=np.float32)
+        t = np.full(len(x_in), self.t_rule(sigma, self.sigmas_t), dtype=np.float32)
         out = self.unet((x_in * c_in).astype(np.float32), t, self.cond).astype(np.float64)
         self.calls += 1
         if self.use_cfg:
@@ -43,7 +44,7 @@ class GuidedDenoiser:
         return x / (sigma**2 + 1.0) - out * sigma * c_in  # v-prediction: c_skip·x + c_out·v
 
     @classmethod
-    def from_scheduler(cls, unet: UNet, cond, uncond, guidance: float, cfg: dict) -> "GuidedDenoiser":
-        """Settings from a diffusers scheduler_config.json."""
-
-        return cls(unet, cond, uncond, guidance, train_sigmas(cfg), cfg.get("prediction_type", "epsilon"))
+    def from_scheduler(cls, unet: UNet, cond, uncond, guidance: float, cfg: dict,
+                       t_rule: Callable | None = None) -> "GuidedDenoiser":
+        """Settings from a diffusers scheduler_config.json; t_rule as the sampler's entry in TIMESTEP_RULES."""
+        return cls(unet, cond, uncond, guidance, train_sigmas(cfg), cfg.get("prediction_type", "epsilon"), t_rule)

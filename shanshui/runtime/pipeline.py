@@ -10,20 +10,22 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import check_finite
 from shanshui.metrics import to_uint8
 from shanshui.pngmeta import model_label
 from shanshui.runtime import img2img, schedules
 from shanshui.runtime.backends import OrtComponents, TorchComponents
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
+from shanshui.runtime.lowmem import LowMemComponents
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES, TIMESTEP_RULES
 from shanshui.runtime.tokenizer import open_tokenizer
 from shanshui.runtime.trt_backend import TrtComponents
 from shanshui.spec.engine_manifest import read_engine_manifest
 from shanshui.spec.folders import default_model_dir, folder_kind
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.spec.source import model_resolution, open_source
-from shanshui.runtime.lowmem import LowMemComponents
 
 
 @dataclass
@@ -47,41 +49,43 @@ class Result:
     params: dict
     timings: dict = field(default_factory=dict)
     truncated: bool = False
+    negative_truncated: bool = False
 
 
 class Pipeline:
     """A loaded model: tokenizer, components on one backend (see runtime.backends), scheduler config and sizes."""
 
     def __init__(self, components, tokenizer, scheduler: dict, dims, scaling_factor: float, size: tuple[int, int],
-                 root: Path | None = None, backend: str = "torch", load_seconds: float = 0.0, memory=None):
+                 root: Path | None = None, backend: str = "torch", load_seconds: float = 0.0,
+                 size_range: tuple[int, int] | None = None, host_memory: bool = False, memory=None):
         """A pipeline over loaded components (open_pipeline loads them from a folder; training passes its own).
-        memory: the runtime.lowmem.Strategy the components run under (None: everything resident)."""
+        size_range: the smallest and largest image side (None: any multiple of the stride); host_memory: whether
+        activations live in this machine's memory (then a request that cannot fit is refused); memory: the
+        runtime.lowmem.Strategy the components run under (None: everything resident)."""
         self.components, self.tokenizer, self.dims, self.memory = components, tokenizer, dims, memory
         self.scheduler = schedules.with_class_defaults(scheduler)
         self.scaling_factor, self.default_size = scaling_factor, size
         self.root, self.backend, self.load_seconds = root, backend, load_seconds
+        self.size_range, self.host_memory = size_range, host_memory
 
     def validate(self, req: Request) -> tuple[int, int]:
-        if not req.prompt or not req.prompt.strip():
-            raise ShanshuiError("the prompt is empty; describe the painting, e.g. 「一棵青松，青山环绕，云雾缭绕」")
+        limits.check_request(req)
         if req.sampler not in SAMPLERS:
             raise ShanshuiError(f"unknown sampler {req.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 1 <= req.steps <= 1000:
-            raise ShanshuiError(f"steps must be between 1 and 1000, got {req.steps}")
-        if not 0 <= req.guidance <= 50:
-            raise ShanshuiError(f"guidance must be between 0 and 50, got {req.guidance}")
-        if not 1 <= req.num_images <= 16:
-            raise ShanshuiError(f"num-images must be between 1 and 16, got {req.num_images}")
         if req.init_image is not None:
             img2img.skipped_steps(req.steps, req.strength)  # checks the strength
-        h = req.height or self.default_size[0]
-        w = req.width or self.default_size[1]
+        h = self.default_size[0] if req.height is None else req.height
+        w = self.default_size[1] if req.width is None else req.width
         m = self.dims.size_multiple
         for name, v in (("height", h), ("width", w)):
             if v <= 0 or v % 8:
                 raise ShanshuiError(f"{name} {v} is not a positive multiple of 8; try {max(8, round(v / 8) * 8)}")
             if v % m:
                 raise ShanshuiError(f"{name} {v} must be a multiple of {m} for this model; try {max(m, round(v / m) * m)}")
+            lo, hi = self.size_range or (m, max(v, *self.default_size))
+            limits.check_size(name, v, m, lo, hi, f"model {model_label(self.root) if self.root else 'in memory'}")
+        if self.host_memory:
+            limits.check_memory(req.num_images, h, w, self.dims.vae_scale, m, (self.size_range or (m,))[0])
         return h, w
 
     def __call__(self, req: Request, callback: Callable[[int, int], None] | None = None) -> Result:
@@ -90,7 +94,7 @@ class Pipeline:
         t0 = time.perf_counter()
         n = req.num_images
         ids, truncated = self.tokenizer([req.prompt] * n + [req.negative_prompt] * n)
-        emb = self.components.text_encoder(ids)  # (2n, L, D)
+        emb = check_finite("text encoder", self.components.text_encoder(ids))  # (2n, L, D)
         cond, uncond = emb[:n], emb[n:]
         timings["text_encoder_s"] = time.perf_counter() - t0
 
@@ -104,14 +108,15 @@ class Pipeline:
             image = img2img.load_init_image(req.init_image, h, w)
             skip = img2img.skipped_steps(req.steps, req.strength)
             x, sigmas = img2img.start(self.components, image, self.scaling_factor, sigmas, skip, n, rng)
-        model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler)
+        model = GuidedDenoiser.from_scheduler(self.components.unet, cond, uncond, req.guidance, self.scheduler,
+                                              TIMESTEP_RULES.get(req.sampler))
         x = SAMPLERS[req.sampler](model, x, sigmas, rng=rng, callback=callback)
-        latents = x / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
+        latents = check_finite("U-Net", x) / np.sqrt(1.0 + sigmas[-1] ** 2)  # back to the DDPM latent (σ_final may be > 0 for DDIM)
         timings["denoise_s"] = time.perf_counter() - t1
         timings["unet_calls"] = model.calls
 
         t2 = time.perf_counter()
-        decoded = self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32))  # (n, 3, H, W)
+        decoded = check_finite("VAE decoder", self.components.vae_decoder((latents / self.scaling_factor).astype(np.float32)))
         images = list(to_uint8(decoded))  # each (H, W, 3)
         timings["vae_decoder_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
@@ -121,14 +126,15 @@ class Pipeline:
             params["memory"] = self.memory.name
         if req.init_image is None:
             params.pop("strength")
-        return Result(images=images, params=params, timings=timings, truncated=truncated[0])
+        return Result(images=images, params=params, timings=timings, truncated=truncated[0], negative_truncated=truncated[n])
 
 
 def open_pipeline(model_dir: Path | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
-                  precision: str | None = None, cuda_graphs: bool | None = None, memory=None) -> Pipeline:
+                  precision: str | None = None, cuda_graphs: bool | None = None, request: Request | None = None,
+                  memory=None) -> Pipeline:
     """Load a model folder (export, engine folder or diffusers folder; default: the shipped model) on a backend
-    (`auto`: the folder's own). Every choice is checked before anything is loaded. memory: a runtime.lowmem.Strategy
-    (ONNX Runtime on the CPU; see --low-memory), None: everything resident."""
+    (`auto`: the folder's own). Every choice, and `request` when given, is checked before anything is loaded.
+    memory: a runtime.lowmem.Strategy (ONNX Runtime on the CPU; see --low-memory), None: everything resident."""
     t0 = time.perf_counter()
     root = Path(model_dir) if model_dir is not None else default_model_dir()
     root, kind, engine_dir, backend = _resolve(root, backend, precision, cuda_graphs)
@@ -136,28 +142,34 @@ def open_pipeline(model_dir: Path | None = None, backend: str = "auto", device: 
         raise ShanshuiError("--low-memory and --max-memory are for ONNX exports on --backend onnxruntime; "
                             "run `shanshui export` on the model folder and pass the export")
     if kind == "onnx":
-        exported = open_exported(root)
+        exported = open_exported(root)  # sizes and hashes of its files checked
         m = exported.manifest
         dims, size = exported.dims, (exported.shapes.height, exported.shapes.width)
-        scaling_factor = float(m["vae_scaling_factor"])
+        scaling_factor, top = float(m["vae_scaling_factor"]), exported.shapes.max_size  # its min_size is TensorRT's
         tokenizer = open_tokenizer(root / "tokenizer", m["tokenizer"]["max_length"], m["tokenizer"]["pad_token"])
-        if backend == "tensorrt":
-            components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
-        elif memory is not None:
-            components = LowMemComponents(exported, memory, device=device, threads=threads)
-        else:
-            components = OrtComponents(exported, device=device, threads=threads)
     else:
         source = open_source(root)
         res = model_resolution(root)
-        dims, size, scaling_factor = source.dims, (res, res), source.vae_scaling_factor
+        dims, size, scaling_factor, top = source.dims, (res, res), source.vae_scaling_factor, limits.DEFAULT_MAX_SIZE
         tokenizer = open_tokenizer(root / "tokenizer", source.dims.text_len)
-        components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
-                                                 cuda_graphs=bool(cuda_graphs))
     with open(root / "scheduler" / "scheduler_config.json", encoding="utf-8") as f:
         scheduler = json.load(f)
-    return Pipeline(components, tokenizer, scheduler, dims, scaling_factor, size, root, backend, time.perf_counter() - t0,
+    pipe = Pipeline(None, tokenizer, scheduler, dims, scaling_factor, size, root, backend,
+                    size_range=(dims.size_multiple, top), host_memory=backend != "tensorrt" and device != "cuda",
                     memory=memory)
+    if request is not None:
+        pipe.validate(request)  # before any component loads
+    if kind != "onnx":
+        pipe.components = TorchComponents.from_folder(root, device=device, threads=threads, dtype=precision or "fp32",
+                                                      cuda_graphs=bool(cuda_graphs))
+    elif backend == "tensorrt":
+        pipe.components = TrtComponents(exported, engine_dir, device=device, cuda_graphs=cuda_graphs is not False)
+    elif memory is not None:
+        pipe.components = LowMemComponents(exported, memory, device=device, threads=threads)
+    else:
+        pipe.components = OrtComponents(exported, device=device, threads=threads)
+    pipe.load_seconds = time.perf_counter() - t0
+    return pipe
 
 
 def _resolve(root: Path, backend: str, precision: str | None, cuda_graphs: bool | None) -> tuple[Path, str, Path | None, str]:

@@ -1,5 +1,6 @@
 """Samplers in NumPy, one shared signature: sample(model, x, sigmas, rng=None, callback=None) -> x, and the registry:
-SAMPLERS (name -> function) and SIGMA_SCHEDULES (name -> the σ placement of the diffusers scheduler it matches).
+SAMPLERS (name -> function), SIGMA_SCHEDULES (name -> the σ placement of the diffusers scheduler it matches) and
+TIMESTEP_RULES (name -> σ-to-timestep rule, where it is not the default interpolation in σ).
 
 `model(x, sigma) -> denoised x0` works in the variance-exploding space (see schedules.py); `x` starts as
 noise · sqrt(1 + σ_0²) and `sigmas` ends with the final σ (0, or σ(t=0) for DDIM without set_alpha_to_one).
@@ -86,11 +87,21 @@ SAMPLERS = {
     "euler_a": sample_euler_ancestral,
     "dpmpp_2m": sample_dpmpp_2m,
 }
+SAMPLERS["dpmpp_2m_karras"] = sample_dpmpp_2m
+SAMPLERS["euler_karras"] = sample_euler
 SIGMA_SCHEDULES = {  # which σ placement each sampler uses (the one of the diffusers scheduler it matches)
     "ddim": lambda cfg, n: schedules.ddim_sigmas(cfg, n),
     "euler": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
     "euler_a": lambda cfg, n: schedules.sigmas_for(cfg, n, "ddim"),
     "dpmpp_2m": lambda cfg, n: schedules.sigmas_for(cfg, n, "dpm"),
+    "dpmpp_2m_karras": schedules.karras_for,
+    "euler_karras": schedules.karras_for,
+}
+# σ -> the network's timestep, where it differs from interpolating σ(t): diffusers' Karras schedulers interpolate in
+# log σ (DPM-Solver then rounds to whole timesteps, Euler keeps them fractional).
+TIMESTEP_RULES = {
+    "dpmpp_2m_karras": lambda sigma, sigmas_t: np.round(schedules.sigma_to_t_log(sigma, sigmas_t)),
+    "euler_karras": schedules.sigma_to_t_log,
 }
 
 Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # the CLI's choices

@@ -128,3 +128,14 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     ramp = np.linspace(0, 1, steps)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
+
+
+def karras_for(cfg: dict, steps: int) -> np.ndarray:
+    """Karras σ between the model's own σ(t=0) and σ(t=T-1) (diffusers' `use_karras_sigmas=True`), then 0."""
+    st = train_sigmas(cfg)
+    return karras_sigmas(float(st[0]), float(st[-1]), steps)
+
+
+def sigma_to_t_log(sigma: np.ndarray | float, sigmas_t: np.ndarray) -> np.ndarray:
+    """Inverse of σ(t) interpolated in log σ: where diffusers places the timesteps of Karras σ."""
+    return np.interp(np.log(np.maximum(sigma, 1e-10)), np.log(sigmas_t), np.arange(len(sigmas_t), dtype=np.float64))

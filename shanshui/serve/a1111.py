@@ -26,7 +26,7 @@ from shanshui.runtime.pipeline import Request
 from shanshui.serve import limits
 
 SAMPLER_ALIASES = {"dpmpp_2m": ["k_dpmpp_2m"], "euler_a": ["k_euler_a", "k_euler_ancestral"], "euler": ["k_euler"],
-                   "ddim": []}
+                   "ddim": [], "dpmpp_2m_karras": ["k_dpmpp_2m_ka"], "euler_karras": ["k_euler_ka"]}
 
 
 def sampler_key(name: str | None) -> str:

@@ -5,11 +5,11 @@ Torch-free: the runtime reads it to learn dims, tokenizer settings and the VAE s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import check_manifest, inside, loads_strict, verify_component
 from shanshui.spec.contract import COMPONENTS, ModelDims, ShapeSettings
 from shanshui.spec.foreign import foreign_manifest, is_foreign_onnx
 
@@ -34,20 +34,17 @@ class ExportedModel:
         entry = self.manifest["components"].get(component)
         if entry is None:
             raise ShanshuiError(f"{self.root} has no exported {component}; re-run `shanshui export`")
-        return self.root / entry["file"]
+        return inside(self.root, entry["file"], f"{component} file")
 
 
 def read_manifest(root: Path) -> dict | None:
     path = Path(root) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ShanshuiError(f"{path} is corrupt; delete it and re-run `shanshui export`") from None
-    if m.get("format_version") != FORMAT_VERSION:
+    m = loads_strict(path.read_bytes(), str(path))
+    if isinstance(m, dict) and m.get("format_version") != FORMAT_VERSION:
         raise ShanshuiError(f"{path} has format {m.get('format_version')}, this shanshui reads {FORMAT_VERSION}; re-export")
-    return m
+    return check_manifest(m, path)
 
 
 def open_exported(root: Path) -> ExportedModel:
@@ -63,4 +60,6 @@ def open_exported(root: Path) -> ExportedModel:
     for comp in COMPONENTS:
         if not model.onnx_path(comp).is_file():
             raise ShanshuiError(f"{model.onnx_path(comp)} is missing; re-run `shanshui export` to complete the folder")
+    for comp, entry in m["components"].items():  # sizes and sha256 as the export recorded them
+        verify_component(root, comp, entry)
     return model

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.spec.contract import ModelDims
 from shanshui.fsutil import read_json, sha256_files
+from shanshui.integrity import check_safetensors
+from shanshui.spec.contract import ModelDims
 
 REQUIRED = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 
@@ -38,6 +39,8 @@ class SourceModel:
             pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.ckpt"))
             hint = f" (found {', '.join(pickles)}: pickle weights are never loaded; convert them to safetensors)" if pickles else ""
             raise ShanshuiError(f"no .safetensors weights in {folder}{hint}")
+        for f in files:
+            check_safetensors(f)
         return files
 
     def component_hash(self, component: str) -> str:

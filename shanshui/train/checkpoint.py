@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import atomic_dir
+from shanshui.integrity import remove_stale_temps
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 
@@ -26,6 +27,7 @@ def save_checkpoint(root: Path, step: int, modules: dict, optimizer, ema=None, e
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(root, ["step-"])  # .step-* folders of a killed run
     final = root / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
         for name, module in modules.items():

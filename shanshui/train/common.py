@@ -29,20 +29,36 @@ def read_examples(data: Path) -> list[TrainingExample]:
         out.append(TrainingExample(Path(ex.path), caps or ("",)))  # no caption: an unconditional example
     if not out:
         raise ShanshuiError(f"no images found in {data}; render some with `shanshui data render {data}`")
+    verify_images([e.image for e in out])
     return out
+
+
+def verify_images(paths: list[Path]) -> None:
+    """Every image's file structure is whole (PIL verify: chunks and checksums, no decoding), before training starts."""
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ShanshuiError(f"cannot read training image {path} ({str(e)[:80]}); fix or remove it and its caption") from None
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8: resized so the short side is `size`, centre-cropped."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        scale = size / min(im.size)
-        if scale != 1:
-            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)))
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = size / min(im.size)
+            if scale != 1:
+                im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+            left, top = (im.width - size) // 2, (im.height - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ShanshuiError(f"cannot read training image {path} ({str(e)[:80]}); fix or remove it and its caption") from None
 
 
 def lr_at(step: int, base: float, warmup: int, total: int, floor: float = 0.1) -> float:

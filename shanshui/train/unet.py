@@ -10,7 +10,6 @@ re-sampled every step; flips are applied to latents. OUT is a diffusers StableDi
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import atomic_path
+from shanshui.fsutil import atomic_path, write_json_atomic
 from shanshui.hf import to_tensor
 from shanshui.runtime.backends import TorchComponents
 from shanshui.runtime.image import save_grid
@@ -27,7 +27,7 @@ from shanshui.runtime.pipeline import Pipeline, Request
 from shanshui.runtime.schedules import betas_from_config
 from shanshui.runtime.tokenizer import open_tokenizer
 from shanshui.spec.contract import ModelDims
-from shanshui.train.arch import build_components, count_parameters, write_model_index
+from shanshui.train.arch import ARCHS, build_components, count_parameters, write_model_index
 from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from shanshui.train.common import EMA, LossLog, load_image, lr_at, make_accelerator, read_examples
 from shanshui.train.text_pretrain import pretrain_text_encoder
@@ -130,12 +130,14 @@ def _pipeline_for(text_encoder, unet, vae, tokenizer_dir: Path, scheduler, cfg: 
 def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
                progress: Callable[[str, int, int, float], None] | None = None) -> dict:
     """Train (or resume) text encoder + U-Net; writes a diffusers pipeline folder at `out`. Returns a summary."""
+    limits.check_train(cfg, "unet", ARCHS)  # every check, and the data, before torch is even imported
+    limits.new_folder(Path(out), "pipeline folder")
+    vae_dir, out = _check_config(cfg, vae_dir), Path(out)
+    examples = read_examples(data)
     import torch
     from diffusers import AutoencoderKL
 
-    vae_dir, out = _check_config(cfg, vae_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    examples = read_examples(data)
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device
     vae = load_strict(AutoencoderKL, vae_dir, "VAE", use_safetensors=True).to(device).eval().requires_grad_(False)
@@ -145,7 +147,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     if cfg.text_pretrain_steps > 0 and not cfg.init_from and latest_checkpoint(out / "checkpoints") is None:
         report = pretrain_text_encoder(text_encoder, tokenizer, cfg.text_pretrain_steps, seed=cfg.seed, device=device,
                                        progress=lambda i, n, loss: progress and progress("text encoder pre-training", i, n, loss))
-        (out / "text_pretrain.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "text_pretrain.json", report)  # strict: a NaN loss becomes null
 
     modules = {"text_encoder": text_encoder.train(), "unet": unet.train()}
     opt = torch.optim.AdamW([
@@ -249,7 +251,7 @@ def _save_pipeline(out: Path, vae_dir: Path, cfg: UnetConfig, acc, ema, text_enc
         vae.save_pretrained(out / "vae", safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
         write_model_index(out)
-        (out / "shanshui.json").write_text(json.dumps({"arch": cfg.arch, "resolution": cfg.size, **summary}, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "shanshui.json", {"arch": cfg.arch, "resolution": cfg.size, **summary})
         if (vae_dir / "report.json").is_file():
             shutil.copy2(vae_dir / "report.json", out / "vae_report.json")
     return summary

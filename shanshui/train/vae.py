@@ -6,14 +6,15 @@ latents (so the U-Net sees unit-variance inputs) and reconstruction PSNR/SSIM on
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from shanshui import limits
 from shanshui.errors import ShanshuiError
+from shanshui.fsutil import write_json_atomic
 from shanshui.hf import reconstruct, to_tensor
 from shanshui.metrics import psnr, ssim
 from shanshui.runtime.image import save_grid
@@ -40,6 +41,7 @@ class VaeConfig:
 
 
 def _check(cfg: VaeConfig) -> None:
+    limits.check_train(cfg, "vae")
     if cfg.steps < 1 or cfg.batch < 1:
         raise ShanshuiError("steps and batch must be at least 1")
     if cfg.crop % 8 or cfg.crop > cfg.size:
@@ -70,13 +72,13 @@ def vae_loss(vae, batch, kl_weight: float):
 
 def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Train (or resume) a VAE; writes a diffusers AutoencoderKL folder at `out` plus report.json. Returns the report."""
-    import torch
-
-    _check(cfg)
-    out = Path(out)
+    _check(cfg)  # every check, and the data, before torch is even imported
+    out = limits.new_folder(Path(out), "VAE folder")
     examples = read_examples(data)
     if len(examples) <= cfg.held_out:
         raise ShanshuiError(f"{data} has {len(examples)} images; the VAE needs more than the {cfg.held_out} held out")
+    import torch
+
     held = load_images([e.image for e in examples[: cfg.held_out]], cfg.size)
     train = load_images([e.image for e in examples[cfg.held_out : cfg.held_out + cfg.max_images]], cfg.size)
 
@@ -131,5 +133,5 @@ def _finish(vae, held: np.ndarray, train: np.ndarray, out: Path, cfg: VaeConfig,
     if acc.is_main_process:
         vae.save_pretrained(out, safe_serialization=True)
         save_grid([im for pair in zip(held[:8], rec[:8]) for im in pair], out / "reconstructions.png", cols=4)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(out / "report.json", report)  # strict: a NaN loss becomes null
     return report

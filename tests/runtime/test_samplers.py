@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shanshui.runtime.denoiser import GuidedDenoiser
-from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES
+from shanshui.runtime.samplers import SAMPLERS, SIGMA_SCHEDULES, TIMESTEP_RULES
 
 # Final latents agree to this fraction of their largest magnitude (float32 network, float64 vs float32 arithmetic).
 REL_TOL = 2e-3
@@ -22,6 +22,11 @@ CASES = [  # (our sampler, diffusers scheduler, scheduler settings)
     ("euler", "EulerDiscreteScheduler", dict(timestep_spacing="trailing", prediction_type="v_prediction", rescale_betas_zero_snr=True)),
     ("ddim", "DDIMScheduler", dict(timestep_spacing="trailing", prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                    set_alpha_to_one=False, clip_sample=False)),
+    # Karras σ (use_karras_sigmas), on the SD schedule and on the shipped model's zero-SNR v-prediction one
+    ("dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(use_karras_sigmas=True)),
+    ("dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(use_karras_sigmas=True, prediction_type="v_prediction",
+                                                           rescale_betas_zero_snr=True, timestep_spacing="trailing")),
+    ("euler_karras", "EulerDiscreteScheduler", dict(use_karras_sigmas=True)),
 ]
 
 
@@ -58,7 +63,7 @@ def test_final_latent_matches_diffusers(torch_parts, sampler, scheduler_cls, set
     ref = latents.numpy()
 
     sigmas = SIGMA_SCHEDULES[sampler](cfg, steps)
-    model = GuidedDenoiser.from_scheduler(parts.unet, cond, uncond, guidance, cfg)
+    model = GuidedDenoiser.from_scheduler(parts.unet, cond, uncond, guidance, cfg, TIMESTEP_RULES.get(sampler))
     # diffusers' Euler keeps latents in σ-space; DDIM and DPM-Solver keep DDPM latents (init_noise_sigma = 1)
     scale = float(sched.init_noise_sigma) if scheduler_cls == "EulerDiscreteScheduler" else np.sqrt(1 + sigmas[0] ** 2)
     x = SAMPLERS[sampler](model, noise * scale, sigmas)

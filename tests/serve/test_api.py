@@ -97,7 +97,7 @@ def test_bad_input_is_422_with_a_clear_message(client, change, message):
 
 def test_info_endpoints(client, shipped_pipe):
     samplers = client.get("/sdapi/v1/samplers").json()
-    assert [s["name"] for s in samplers] == ["DDIM", "Euler", "Euler a", "DPM++ 2M"]
+    assert [s["name"] for s in samplers] == ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "Euler Karras"]
     models = client.get("/sdapi/v1/sd-models").json()
     assert models[0]["title"] == "shanshui-default" and "/" not in models[0]["filename"]
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "shanshui-default"
