@@ -66,7 +66,6 @@ def bench(
                    rounds=rounds, min_time=min_time, timeout=timeout)
     limits.check_bench(seed, guidance, threads, steps, prompt, size)
     old = load_report(compare) if compare else None  # a bad --compare fails before a long run, not after
-    memory = requests(low_memory, max_memory, memory_strategies)
     if load is not None:
         report = load_report(load)
         if out is not None:
@@ -81,8 +80,8 @@ def bench(
             raise ShanshuiError("the prompt is empty; pass --prompt with a painting to describe")
         config = BenchConfig(
             models=list(model or ["default"]), sizes=parse_sizes(size), backends=parse_list(backends, BenchBackend, "backend"),
-            precisions=parse_list(precisions, Precision, "precision"), device=device.value,
-            peers=parse_list(peers, Peer, "peer"), settings=settings, cache=cache, memory=memory)
+            precisions=parse_list(precisions, Precision, "precision"), device=device.value, settings=settings, cache=cache,
+            peers=parse_list(peers, Peer, "peer"), memory=requests(low_memory, max_memory, memory_strategies))
         report = run_bench(config, warn=lambda s: typer.echo(f"warning: {s}", err=True), note=lambda s: typer.echo(s, err=True))
         for p in write_reports(report, out or Path("bench-report")):
             typer.echo(f"wrote {p}")
