@@ -20,6 +20,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.fsutil import write_json_atomic
+from shanshui.integrity import record_files
 
 
 def _const(graph, name: str, producers: dict):
@@ -170,7 +171,7 @@ def fuse_export(src: Path, out: Path, check_size: int | None = 32) -> dict:
     diff = _check(unet_src, tmp / "unet" / unet_src.name, exported.manifest, check_size) if check_size else None
     m = json.loads(json.dumps(exported.manifest))
     entry = m["components"]["unet"]
-    entry["files"] = {p.name: p.stat().st_size for p in (tmp / "unet").glob("model.onnx*")}
+    entry["files"], entry["sha256"] = record_files(tmp / "unet", sorted(p.name for p in (tmp / "unet").glob("model.onnx*")))
     entry["attention"] = {"fused": count, "op": "com.microsoft.MultiHeadAttention", "check_max_abs_diff": diff}
     write_json_atomic(tmp / MANIFEST, m)
     os.replace(tmp, out)

@@ -17,6 +17,7 @@ from pathlib import Path
 from shanshui.errors import ShanshuiError
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.fsutil import write_json_atomic
+from shanshui.integrity import record_files
 
 
 def _init_bytes(init) -> int:
@@ -98,7 +99,10 @@ def split_export(src: Path, out: Path, parts: int = 4) -> dict:
                         "outputs": [o.name for o in sub.graph.output],
                         "weight_bytes": sum(_init_bytes(t) for t in sub.graph.initializer)})
     m = json.loads(json.dumps(exported.manifest))
-    m["components"]["unet"]["parts"] = entries
+    unet = m["components"]["unet"]
+    unet["parts"] = entries
+    sizes, hashes = record_files(tmp / "unet", [Path(e["file"]).name for e in entries])  # checked on load, as the rest
+    unet["files"], unet["sha256"] = {**unet["files"], **sizes}, {**(unet.get("sha256") or {}), **hashes}
     write_json_atomic(tmp / MANIFEST, m)
     os.replace(tmp, out)
     return m

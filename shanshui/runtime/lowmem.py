@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.integrity import inside
 from shanshui.runtime.backends import ORT_DTYPES, SPINNING, OrtComponents
 from shanshui.runtime.vae_tiling import decode_tiled, tiling
 from shanshui.spec.manifest import read_manifest
@@ -301,7 +302,7 @@ class LowMemComponents(OrtComponents):
                 last[name] = k
         live = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
         for k, part in enumerate(parts):
-            path = self.model.root / part["file"]
+            path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
             sess = self._ort.InferenceSession(str(path), session_options("unet", self.threads, True, basic=True),
                                               providers=self.providers)
             feeds = {}
