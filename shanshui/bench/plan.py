@@ -14,7 +14,7 @@ from pathlib import Path
 from shanshui.errors import ShanshuiError
 from shanshui import models
 from shanshui.spec.manifest import read_manifest
-from shanshui.spec.source import model_resolution
+from shanshui.spec.source import model_resolution, resolve_source_ref
 from shanshui.train.arch import ARCHS
 
 DEFAULT_PROMPT = "一棵青松，青山环绕，云雾缭绕"
@@ -147,8 +147,7 @@ def resolve_model(text: str) -> ModelRef:
         raise ShanshuiError(f"--model {text}: no such folder; pass a diffusers or export folder, `default`, or one of {', '.join(ARCHS)}")
     m = read_manifest(path)  # an export also has model_index.json and unet/: look at it first
     if m is not None:
-        src = m.get("source", {}).get("path")
-        source = Path(src) if src and (Path(src) / "model_index.json").is_file() else None
+        source = resolve_source_ref(m.get("source", {}).get("path"), path)
         name = source.name if source else path.name
         key = f"{name}-{_short_hash(source or path)}"
         return ModelRef(name, key, int(m["shapes"]["height"]), source=source, exports={m["precision"]: path})

@@ -35,7 +35,7 @@ from shanshui.spec.clip_bpe import special_tokens
 from shanshui.spec.contract import INPUT_IDS, SOURCE_FOLDER, TEXT_ENCODER, ComponentSpec, Precision, ShapeSettings
 from shanshui.spec.contract import components, parity_error
 from shanshui.spec.manifest import FORMAT_VERSION, MANIFEST, read_manifest
-from shanshui.spec.source import SourceModel, model_resolution, open_source
+from shanshui.spec.source import SourceModel, model_resolution, open_source, source_ref
 
 OPSET = 17
 TWO_GB = 2**31
@@ -201,7 +201,7 @@ def export_model(
         "format_version": FORMAT_VERSION,
         "precision": precision,
         "opset": OPSET,
-        "source": {"path": str(source.root.resolve()), "hashes": hashes},
+        "source": {"path": source_ref(source.root, out), "hashes": hashes},
         "dims": asdict(source.dims),
         "shapes": asdict(shapes),
         "vae_scaling_factor": source.vae_scaling_factor,

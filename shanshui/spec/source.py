@@ -5,6 +5,7 @@ Torch-free: only JSON and file hashing, so errors about a wrong folder come befo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,21 @@ def open_source(root: Path) -> SourceModel:
         size_multiple=vae_scale * unet_down,
     )
     return SourceModel(root=root, dims=dims, scheduler=sched, vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)))
+
+
+def source_ref(source: Path, export: Path) -> str:
+    """How an export's manifest names its source: relative to the export, never an absolute path of this machine.
+
+    A source more than two levels up from the export is named by its folder alone (the relative path would spell out
+    the user's directories); `resolve_source_ref` then finds nothing, and the export still works on its own.
+    """
+    rel = Path(os.path.relpath(Path(source).resolve(), Path(export).resolve()))
+    return rel.as_posix() if rel.parts[:3].count("..") < 3 else Path(source).resolve().name
+
+
+def resolve_source_ref(ref: str | None, export: Path) -> Path | None:
+    """The source folder a manifest names, if it is still there (a diffusers folder); None otherwise."""
+    if not ref:
+        return None
+    folder = (Path(export) / ref).resolve()  # an absolute ref (older shanshui versions wrote one) stays as it is
+    return folder if (folder / "model_index.json").is_file() else None

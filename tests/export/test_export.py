@@ -9,9 +9,17 @@ from shanshui.errors import ShanshuiError
 from shanshui.spec.contract import components
 from shanshui.spec.manifest import MANIFEST, open_exported
 from shanshui.export.onnx_export import export_model
+from shanshui.spec.source import resolve_source_ref, source_ref
 
 
-def test_layout_and_manifest(tiny_export):
+def test_source_ref_is_relative_or_a_bare_name(tmp_path):
+    src, near, far = tmp_path / "m" / "tiny", tmp_path / "exports" / "x", tmp_path / "a" / "b" / "c" / "d" / "x"
+    assert source_ref(src, near) == "../../m/tiny"
+    assert source_ref(src, far) == "tiny"  # would spell out directories: the name alone
+    assert resolve_source_ref("tiny", far) is None
+
+
+def test_layout_and_manifest(tiny_model, tiny_export):
     m = json.loads((tiny_export / MANIFEST).read_text())
     for comp in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         assert (tiny_export / comp / "model.onnx").is_file()
@@ -27,6 +35,9 @@ def test_layout_and_manifest(tiny_export):
         assert (tiny_export / f).is_file(), f
     assert m["tokenizer"] == {"max_length": 64, "pad_token": "[PAD]", "pad_id": 0}
     assert not list(tiny_export.glob(".*")), "temporary files were left behind"
+    text = (tiny_export / MANIFEST).read_text()
+    assert str(tiny_export.parent.parent) not in text  # no absolute path of this machine
+    assert resolve_source_ref(m["source"]["path"], tiny_export) == tiny_model.resolve()  # found again, relatively
     from shanshui.fsutil import umask
 
     for f in (tiny_export / MANIFEST, tiny_export / "unet" / "model.onnx"):
