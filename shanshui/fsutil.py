@@ -108,3 +108,29 @@ def make_out_dir(out: Path) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ShanshuiError(f"cannot create {out}: {e.strerror}; choose a writable folder") from None
+
+
+def portable_paths(obj: object) -> object:
+    """A copy of a JSON-able object whose absolute paths name no directory of this machine.
+
+    Inside the package: `<shanshui>/…`; inside the cache: `<cache>/…`; anywhere else: `…/parent/name`.
+    """
+    if isinstance(obj, dict):
+        return {k: portable_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v) for v in obj]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    bases = ((Path(__file__).resolve().parent, "<shanshui>"), (cache, "<cache>"), (Path.home(), "~"))
+    if not isinstance(obj, str):
+        return obj
+    if not (obj.startswith(("/", "\\")) or obj[1:3] in (":\\", ":/")):  # text: paths inside it lose their base
+        for base, label in bases:
+            obj = obj.replace(str(base) + os.sep, label + "/") if str(base) != os.sep else obj
+        return obj
+    path = Path(obj)
+    for base, label in bases[:2]:
+        try:
+            return f"{label}/{path.relative_to(base).as_posix()}"
+        except ValueError:
+            continue
+    return "…/" + "/".join(path.parts[-2:])

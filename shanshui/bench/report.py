@@ -19,7 +19,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.bench.chart import draw_chart
 from shanshui.bench.markdown import to_markdown
-from shanshui.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
+from shanshui.fsutil import atomic_path, portable_paths, write_bytes_atomic, write_json_atomic
 from shanshui.metrics import psnr, ssim
 from shanshui.bench.lowmem import add_vs_normal
 
@@ -316,6 +316,7 @@ def write_reports(report: dict, stem: Path) -> list[Path]:
     """STEM.json, STEM.md and STEM.png, each written atomically."""
 
     stem = Path(stem)
+    report = portable_paths(report)  # no directory of this machine in a report people share
     paths = [stem.with_name(stem.name + ext) for ext in (".json", ".md", ".png")]
     try:
         write_json_atomic(paths[0], report)

@@ -118,3 +118,16 @@ def test_spread_of_an_old_report_without_p10():
     assert report.relative_spread(rec) == pytest.approx(0.1)
     rec["unet_step_in_pipeline"] = None
     assert report.relative_spread(rec) == report.SPREAD_FLOOR
+
+
+def test_reports_name_no_directory_of_this_machine(tmp_path):
+    from shanshui import fsutil
+
+    rep = fake_report()
+    rep["rows"][0]["model_dir"] = str(tmp_path / "exports" / "tiny" / "fp32")
+    rep["rows"][0]["reason"] = "text / with slashes"
+    path = report.write_reports(rep, tmp_path / "r")[0]
+    text = path.read_text(encoding="utf-8")
+    assert str(tmp_path) not in text and '"…/tiny/fp32"' in text and "text / with slashes" in text
+    assert fsutil.portable_paths(str(fsutil.Path(fsutil.__file__).parent / "models" / "x")) == "<shanshui>/models/x"
+    assert fsutil.portable_paths({"a": ["C:\\Users\\me\\m"]}) == {"a": ["…/" + "/".join(fsutil.Path("C:\\Users\\me\\m").parts[-2:])]}
