@@ -3,6 +3,7 @@ Every failure is a one-line `error:` and a non-zero exit."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -49,6 +50,10 @@ class OneLineErrors(TyperGroup):
         else:
             return self._exit(rv if isinstance(rv, int) else 0, standalone_mode)
         typer.echo(f"error: {' '.join(msg.split())}", err=True)
+        if code == 130 and standalone_mode:  # temp files are gone; interpreter shutdown could still meet a
+            sys.stdout.flush()  # KeyboardInterrupt torch left pending and die by signal instead of exiting 130
+            sys.stderr.flush()
+            os._exit(130)
         return self._exit(code, standalone_mode)
 
     def invoke(self, ctx):

@@ -9,7 +9,8 @@ import pytest
 from shanshui.spec.engine_manifest import ENGINE_MANIFEST
 from shanshui.engines.build import build_engines, check_engines, check_qdq_for_tensorrt, fingerprint, onnx_files
 from shanshui.errors import ShanshuiError
-from shanshui.spec.manifest import open_exported
+from shanshui.integrity import record_files
+from shanshui.spec.manifest import MANIFEST, open_exported
 
 ENV = {"tensorrt": "10.3.0", "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}}
 OTHER_GPU = {**ENV, "gpu": {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}}
@@ -99,6 +100,10 @@ def test_changed_onnx_rebuilds_only_that_engine_and_stale_engines_are_refused(ti
 
     with open(export / "vae_decoder" / "model.onnx", "ab") as f:  # a re-export with different weights
         f.write(b"\0")
+    manifest = json.loads((export / MANIFEST).read_text(encoding="utf-8"))  # which records the new file, as export does
+    entry = manifest["components"]["vae_decoder"]
+    entry["files"], entry["sha256"] = record_files(export / "vae_decoder", list(entry["files"]))
+    (export / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ShanshuiError, match=r"the vae_decoder engine in .* is stale \(the ONNX model changed\): rebuild "
                                             r"with `shanshui engine build .*`, or use --backend onnxruntime --device cuda"):
         check_engines(exported, ENV)

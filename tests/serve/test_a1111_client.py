@@ -24,7 +24,7 @@ def test_webuiapi_paints(shipped_pipe):
         assert result.info["all_seeds"] == [1234, 1235] and result.info["sampler_name"] == "DPM++ 2M"
         assert result.parameters["prompt"] == "一棵青松，青山环绕，云雾缭绕"
         assert "Seed: 1235" in result.images[1].info["parameters"]
-        assert [s["name"] for s in api.get_samplers()] == ["DDIM", "Euler", "Euler a", "DPM++ 2M"]
+        assert [s["name"] for s in api.get_samplers()] == ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "Euler Karras"]
         assert api.get_sd_models()[0]["title"] == "shanshui-default"
         assert api.get_options()["sd_model_checkpoint"] == "shanshui-default"
         assert api.get_progress()["state"]["job_count"] == 0

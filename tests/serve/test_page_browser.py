@@ -27,7 +27,7 @@ def test_paint_from_the_page(shipped_pipe, tmp_path):
         page.goto(url + "/")
         page.wait_for_selector(".preset[data-key=small][aria-pressed=true], .preset[data-key=small]")
         assert page.locator("#model").inner_text() == "shanshui-default"
-        assert page.locator(".preset").count() == 5 and page.locator("#sampler option").count() == 4
+        assert page.locator(".preset").count() == 5 and page.locator("#sampler option").count() == 6
         page.click(".preset[data-key=small]")
         page.fill("#prompt", PROMPT)
         page.fill("#negative", "blurry")
