@@ -134,3 +134,15 @@ def portable_paths(obj: object) -> object:
         except ValueError:
             continue
     return "…/" + "/".join(path.parts[-2:])
+
+
+def link_tree(src: Path, dst: Path, skip=lambda path: False) -> None:
+    """The files under `src` at the same places under `dst`: hard links where the file system allows, else copies."""
+    for path in Path(src).rglob("*"):
+        if path.is_file() and not skip(path):
+            target = Path(dst) / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.spec.manifest import MANIFEST, open_exported
-from shanshui.fsutil import write_json_atomic
+from shanshui.fsutil import link_tree, write_json_atomic
 from shanshui.integrity import record_files
 
 
@@ -158,13 +158,7 @@ def fuse_export(src: Path, out: Path, check_size: int | None = 32) -> dict:
         raise ShanshuiError(f"{out} already exists; choose a new folder for the fused export")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for path in src.rglob("*"):
-        if path.is_file() and path.name != MANIFEST and not path.is_relative_to(src / "unet"):
-            (tmp / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, tmp / path.relative_to(src))
-            except OSError:
-                shutil.copyfile(path, tmp / path.relative_to(src))
+    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST or p.is_relative_to(src / "unet"))
     unet_src = exported.onnx_path("unet")
     count = fuse_file(unet_src, tmp / "unet" / unet_src.name)
     shutil.copyfile(src / "unet" / "config.json", tmp / "unet" / "config.json")

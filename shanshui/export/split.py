@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shanshui.errors import ShanshuiError
 from shanshui.spec.manifest import MANIFEST, open_exported
-from shanshui.fsutil import write_json_atomic
+from shanshui.fsutil import link_tree, write_json_atomic
 from shanshui.integrity import record_files
 
 
@@ -83,13 +83,7 @@ def split_export(src: Path, out: Path, parts: int = 4) -> dict:
         raise ShanshuiError(f"{out} already exists; choose a new folder for the split export")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for path in src.rglob("*"):
-        if path.is_file() and path.name != MANIFEST:
-            (tmp / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, tmp / path.relative_to(src))
-            except OSError:
-                shutil.copyfile(path, tmp / path.relative_to(src))
+    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST)
     unet = onnx.load(str(exported.onnx_path("unet")), load_external_data=False)  # inline weights come along
     entries = []
     for k, sub in enumerate(split_graph(unet, parts)):
