@@ -135,13 +135,7 @@ def writable_file(path: Path, suffix: str | None = None, what: str = "output") -
         raise ShanshuiError(f"{what} {path} must end in {suffix}")
     if path.is_dir():
         raise ShanshuiError(f"{what} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ShanshuiError(f"cannot write {what} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ShanshuiError(f"cannot write {what} {path}: {parent} is not writable; choose another place")
+    _writable_ancestor(path.parent, path, what, "write")
     return path
 
 
@@ -150,14 +144,19 @@ def new_folder(path: Path, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ShanshuiError(f"{what} {path} exists and is not a folder; choose another name")
-    parent = path
+    _writable_ancestor(path, path, what, "create")
+    return path
+
+
+def _writable_ancestor(start: Path, path: Path, what: str, verb: str) -> None:
+    """The nearest existing folder at or above `start` must be a writable folder (`path` is made below it)."""
+    parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise ShanshuiError(f"cannot create {what} {path}: {parent} is not a folder")
+        raise ShanshuiError(f"cannot {verb} {what} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ShanshuiError(f"cannot write {what} {path}: {parent} is not writable; choose another place")
-    return path
 
 
 EXPORT_SIZE = (8, 2048)
