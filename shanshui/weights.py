@@ -22,6 +22,14 @@ def portable_key(key: str) -> str:
     return key if key.startswith(TEXT_PREFIX) else TEXT_PREFIX + key
 
 
+def keys_for(module, state: dict) -> dict:
+    """`state` with its text-encoder keys in the layout `module.state_dict()` uses (prefixed or not)."""
+    own = set(module.state_dict())
+    if any(k.startswith(TEXT_PREFIX) for k in own):
+        return {portable_key(k): v for k, v in state.items()}
+    return {k.removeprefix(TEXT_PREFIX): v for k, v in state.items()}
+
+
 def save_text_encoder(model, folder: Path) -> None:
     """config.json + model.safetensors of a CLIPTextModel, keys in the portable layout (whatever transformers runs)."""
     from safetensors.torch import save_file

@@ -19,7 +19,7 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import atomic_path, write_json_atomic
+from shanshui.fsutil import atomic_path, portable_paths, write_json_atomic
 from shanshui.hf import to_tensor
 from shanshui.runtime.backends import TorchComponents
 from shanshui.runtime.image import save_grid
@@ -32,7 +32,7 @@ from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_c
 from shanshui.train.common import EMA, LossLog, load_image, lr_at, make_accelerator, read_examples
 from shanshui.train.text_pretrain import pretrain_text_encoder
 from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
-from shanshui.weights import load_strict, save_text_encoder
+from shanshui.weights import keys_for, load_strict, save_text_encoder
 
 SAMPLE_PROMPTS = [
     "一棵青松，青山环绕，云雾缭绕",
@@ -173,7 +173,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
         done = step + 1
         if acc.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             mods = {"text_encoder": acc.unwrap_model(text_encoder), "unet": acc.unwrap_model(unet)}
-            save_checkpoint(out / "checkpoints", done, mods, opt, ema, extra={"config": asdict(cfg)})
+            save_checkpoint(out / "checkpoints", done, mods, opt, ema, extra={"config": portable_paths(asdict(cfg))})
         if acc.is_main_process and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
             _sample_grid(ema, acc, text_encoder, unet, vae, tok_dir, scheduler, cfg, device, out / "samples" / f"step-{done:06d}.png")
     return _save_pipeline(out, vae_dir, cfg, acc, ema, text_encoder, unet, vae, scheduler, len(examples))
@@ -242,7 +242,7 @@ def _save_pipeline(out: Path, vae_dir: Path, cfg: UnetConfig, acc, ema, text_enc
     """The EMA weights into a diffusers pipeline folder at `out`; returns the summary."""
     te_final, unet_final = acc.unwrap_model(text_encoder), acc.unwrap_model(unet)
     ema.copy_to({"text_encoder": te_final, "unet": unet_final})
-    summary = {"config": asdict(cfg), "images": images, "steps": cfg.steps, "vae": str(vae_dir),
+    summary = {"config": portable_paths(asdict(cfg)), "images": images, "steps": cfg.steps, "vae": portable_paths(str(vae_dir)),
                "parameters": {"text_encoder": count_parameters(te_final), "unet": count_parameters(unet_final), "vae": count_parameters(vae)}}
     summary["parameters"]["total"] = sum(summary["parameters"].values())
     if acc.is_main_process:
@@ -293,6 +293,7 @@ def _init_from(src: Path, text_encoder, unet, tok_dir: Path) -> None:
         state = {}
         for f in files:
             state.update(load_file(str(f)))
+        state = keys_for(module, state) if name == "text_encoder" else state  # either key layout, as transformers
         missing, unexpected = module.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or unexpected:
             raise ShanshuiError(f"--init-from {src}/{name} does not match this architecture "

@@ -14,7 +14,7 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import write_json_atomic
+from shanshui.fsutil import portable_paths, write_json_atomic
 from shanshui.hf import reconstruct, to_tensor
 from shanshui.metrics import psnr, ssim
 from shanshui.runtime.image import save_grid
@@ -113,7 +113,7 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
         if progress:
             progress(step + 1, cfg.steps, float(loss.item()))
         if (step + 1) % cfg.checkpoint_every == 0 and acc.is_main_process:
-            save_checkpoint(out / "checkpoints", step + 1, {"vae": acc.unwrap_model(vae)}, opt, extra={"config": asdict(cfg)})
+            save_checkpoint(out / "checkpoints", step + 1, {"vae": acc.unwrap_model(vae)}, opt, extra={"config": portable_paths(asdict(cfg))})
 
     return _finish(acc.unwrap_model(vae).eval().float(), held, train, out, cfg, len(examples), acc)
 
@@ -124,7 +124,7 @@ def _finish(vae, held: np.ndarray, train: np.ndarray, out: Path, cfg: VaeConfig,
     vae.register_to_config(scaling_factor=round(scale, 5))
     rec = reconstruct(vae, held, acc.device)
     report = {
-        "config": asdict(cfg),
+        "config": portable_paths(asdict(cfg)),
         "images": images,
         "scaling_factor": round(scale, 5),
         "held_out_psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(held, rec)])), 2),

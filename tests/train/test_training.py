@@ -149,6 +149,19 @@ def test_unet_training_writes_a_pipeline(image_folder, tmp_path):
     tok = json.loads((out / "tokenizer" / "tokenizer.json").read_text())
     assert "青" in tok["model"]["vocab"] and "松" in tok["model"]["vocab"]  # the vocabulary of the captions
 
+    # fine-tuning starts from the saved pipeline (its text encoder is stored in the prefixed key layout)
+    from safetensors.numpy import load_file
+
+    tuned = tmp_path / "tuned"
+    train_unet(image_folder, tuned, vae_dir, UnetConfig(size=64, batch=2, steps=1, warmup=1, lr=1e-12, sample_every=0,
+                                                         text_pretrain_steps=0, init_from=str(out)))
+    for part, name in (("text_encoder", "model.safetensors"), ("unet", "diffusion_pytorch_model.safetensors")):
+        before, after = load_file(out / part / name), load_file(tuned / part / name)
+        assert before.keys() == after.keys()
+        assert max(float(np.abs(before[k] - after[k]).max()) for k in before) < 1e-6, part
+    for written in (tuned / "shanshui.json", tuned / "checkpoints" / "step-000001" / "state.json"):
+        assert str(tmp_path) not in written.read_text(), written  # no absolute path of this machine
+
 
 def test_resume_refuses_corrupt_and_pickle_checkpoints(tmp_path):
     import torch
