@@ -25,7 +25,10 @@ from shanshui.fsutil import make_out_dir, umask, write_json_atomic
 from shanshui.integrity import component_intact, record_files, remove_stale_temps
 from shanshui.quantize import fp16
 from shanshui.quantize.gate import check_quality, enforce
+from shanshui.export.split import split_export
 from shanshui.quantize.int8 import ALWAYS_FLOAT, int8_format, output_quality, quantize_int8, record_feeds
+from shanshui.quantize.streamed import parts_for
+from shanshui.runtime.lowmem import BY_NAME, LOW_MEMORY
 from shanshui.spec.contract import LAST_HIDDEN_STATE, LATENT_PARAMETERS, SAMPLE, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from shanshui.spec.contract import Precision, QuantizePrecision, check_choice, components
 from shanshui.spec.manifest import MANIFEST, ExportedModel, open_exported, read_manifest
@@ -48,11 +51,14 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool = True,
-                    on_event: Callable[[str, str], None] = lambda c, e: None, int8_target: str = "cpu") -> dict:
+                    on_event: Callable[[str, str], None] = lambda c, e: None, int8_target: str = "cpu",
+                    low_memory: bool | None = None) -> dict:
     """Convert the fp32 export at `src` to `precision` into `out`; returns the new manifest.
 
     int8_target: `cpu` — uint8 activations with zero points (ONNX Runtime's fast u8×s8 kernels); `tensorrt` —
-    symmetric int8 activations, the only Q/DQ form TensorRT's explicit quantization takes."""
+    symmetric int8 activations, the only Q/DQ form TensorRT's explicit quantization takes.
+    low_memory (None: when the fp32 U-Net is over 1 GB): int8 in bounded memory — calibration inputs recorded and
+    the gate's fp32 images painted with the U-Net streamed in parts, each graph quantized part by part."""
     src, out = Path(src), limits.new_folder(Path(out))
     source, key = _plan(src, out, precision, check, int8_target)
     old = read_manifest(out) if out.is_dir() else None
@@ -62,25 +68,45 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
         return {**old, "out_dir": str(out)}
     created = not out.exists()  # a run that fails removes the OUT it made (see finally)
     make_out_dir(out)
-    remove_stale_temps(out, ["candidate-"])  # of a killed run
+    remove_stale_temps(out, ["candidate-", "fp32-parts-"])  # of a killed run
     manifest = copy.deepcopy(source.manifest)
     manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
     tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
+    bounded = _bounded(source, low_memory)
+    streamed = _streamed_copy(src, out, bounded)  # the fp32 export with its U-Net cut into parts, hard-linked
     try:
         _copy_side_files(src, tmp)
-        _convert_components(source, tmp, manifest, precision, int8_target, on_event)
+        feeds = _LazyFeeds(streamed or src, on_event, BY_NAME["streamed"] if streamed else None)
+        _convert_components(source, tmp, manifest, precision, int8_target, on_event, feeds, bounded)
         manifest["files_bytes"] = {n: sum(e["files"].values()) for n, e in manifest["components"].items()}
         write_json_atomic(tmp / MANIFEST, manifest)  # the candidate is a loadable export from here on
         if check:
             on_event("*", "checking image quality against fp32")
-            manifest["gate"] = check_quality(src, tmp, precision, threads=default_threads())
+            memory = (BY_NAME["streamed"], LOW_MEMORY) if streamed else (None, None)
+            manifest["gate"] = check_quality(streamed or src, tmp, precision, threads=default_threads(), memory=memory)
             enforce(manifest["gate"])
         _commit(tmp, out, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if streamed:
+            shutil.rmtree(streamed.parent, ignore_errors=True)
         if created and not any(out.iterdir()):
             out.rmdir()
     return {**manifest, "out_dir": str(out)}
+
+
+def _bounded(source: ExportedModel, low_memory: bool | None) -> bool:
+    return parts_for(source.onnx_path("unet")) > 1 if low_memory is None else bool(low_memory)
+
+
+def _streamed_copy(src: Path, out: Path, bounded: bool) -> Path | None:
+    """For a bounded-memory conversion, the fp32 export with its U-Net also cut into parts (graph-only, files
+    hard-linked; removed at the end), to paint fp32 images with the `streamed` low-memory strategy."""
+    if not bounded:
+        return None
+    work = Path(tempfile.mkdtemp(prefix=".fp32-parts-", dir=out))
+    split_export(src, work / "export", parts=max(2, parts_for(open_exported(src).onnx_path("unet"))))
+    return work / "export"
 
 
 def _plan(src: Path, out: Path, precision: str, check: bool, int8_target: str) -> tuple[ExportedModel, dict]:
@@ -100,10 +126,10 @@ def _plan(src: Path, out: Path, precision: str, check: bool, int8_target: str) -
     return source, key
 
 
-def _convert_components(source: ExportedModel, tmp: Path, manifest: dict, precision: str, int8_target: str, on_event) -> None:
+def _convert_components(source: ExportedModel, tmp: Path, manifest: dict, precision: str, int8_target: str, on_event,
+                        feeds, bounded: bool = False) -> None:
     """Each component into `tmp`, checked for finite outputs (fp32 kept where the lower precision overflows)."""
     src = source.root
-    feeds = _LazyFeeds(src, on_event)
     fmt = None
     if precision == "int8":
         fmt = int8_format("qdq", "int8", reduce_range=False) if int8_target == "tensorrt" else int8_format("qdq", "uint8")
@@ -112,7 +138,8 @@ def _convert_components(source: ExportedModel, tmp: Path, manifest: dict, precis
     for name, entry in manifest["components"].items():
         (tmp / name).mkdir(exist_ok=True)
         shutil.copy2(src / name / "config.json", tmp / name / "config.json")
-        convert = functools.partial(_int8_component, feeds=feeds, fmt=fmt) if precision == "int8" else _fp16_component
+        convert = (functools.partial(_int8_component, feeds=feeds, fmt=fmt, bounded=bounded) if precision == "int8"
+                   else _fp16_component)
         files, info = convert(src, tmp, name, entry, on_event)
         if info["precision"] != "fp32" and not fp16.outputs_finite(tmp / entry["file"], specs[name].sample_inputs(source.dims, values)):
             for f in files:
@@ -173,28 +200,39 @@ COMPONENT_FLOORS = {TEXT_ENCODER: (LAST_HIDDEN_STATE, False, 30.0), VAE_DECODER:
 
 
 class _LazyFeeds:
-    """Calibration inputs of all components, recorded once (on first use) from fp32 sampler runs."""
+    """Calibration inputs of all components, recorded once (on first use) from fp32 sampler runs (painted with the
+    low-memory strategy `memory` when given)."""
 
-    def __init__(self, src: Path, on_event):
-        self.src, self.on_event, self.feeds = src, on_event, None
+    def __init__(self, src: Path, on_event, memory=None):
+        self.src, self.on_event, self.memory, self.feeds = src, on_event, memory, None
 
     def __getitem__(self, name: str) -> list:
         if self.feeds is None:
             self.on_event("*", f"recording calibration inputs ({len(CALIBRATION_PROMPTS)} prompts × {CALIBRATION_STEPS} steps)")
-            self.feeds = record_feeds(self.src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS, threads=default_threads())
+            self.feeds = record_feeds(self.src, CALIBRATION_PROMPTS, CALIBRATION_SEEDS, CALIBRATION_STEPS,
+                                      threads=default_threads(), memory=self.memory)
         return self.feeds[name]
 
 
-def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds, fmt: dict) -> tuple[list[str], dict]:
+# bounded memory: graphs quantized in parts; the VAE's activations at full resolution are its large part
+BOUNDED_MIN_PARTS = {"unet": 2, "text_encoder": 1, "vae_decoder": 4, "vae_encoder": 4}
+
+
+def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds, fmt: dict,
+                    bounded: bool = False) -> tuple[list[str], dict]:
     """U-Net: int8 QDQ. Text encoder and VAE decoder: int8 if their measured output quality holds, else fp16."""
     files = lambda: sorted(p.name for p in (tmp / name).glob("model.onnx*"))  # noqa: E731
+    parts = max(BOUNDED_MIN_PARTS.get(name, 1), parts_for(src / entry["file"])) if bounded else 1
+    event = lambda e: on_event(name, e)  # noqa: E731
     if name == "unet":
         on_event(name, "quantizing to int8 (each layer's own int8 error measured first)")
-        info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt, always_float=ALWAYS_FLOAT)
+        info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt, always_float=ALWAYS_FLOAT,
+                             parts=parts, on_event=event)
         return files(), {"precision": "int8", **info}
     output, images, floor = COMPONENT_FLOORS[name]
     on_event(name, "quantizing to int8 and measuring its output against fp32")
-    info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt, always_float=())
+    info = quantize_int8(src / entry["file"], tmp / entry["file"], feeds[name], fmt, always_float=(), parts=parts,
+                         on_event=event)
     quality = output_quality(src / entry["file"], tmp / entry["file"], feeds[name], output, images)
     measure = {"metric": "image PSNR (dB)" if images else "output SNR (dB)", "int8": quality, "floor": floor}
     if quality >= floor:

@@ -39,12 +39,13 @@ class _Recorder:
 
 
 def check_quality(reference: Path, candidate: Path, precision: str, prompts=None, seeds=None,
-                  steps: int = 10, threads: int | None = None) -> dict:
-    """Compare two exports image by image (GATE_PROMPTS × GATE_SEEDS by default); returns the report with `passed`."""
+                  steps: int = 10, threads: int | None = None, memory=(None, None)) -> dict:
+    """Compare two exports image by image (GATE_PROMPTS × GATE_SEEDS by default); returns the report with `passed`.
+    memory: the runtime.lowmem strategies (reference, candidate) to paint with; (None, None): all resident."""
 
     prompts, seeds = prompts or GATE_PROMPTS, seeds or GATE_SEEDS
-    ref_pipe = open_pipeline(reference, threads=threads)
-    cand_pipe = open_pipeline(candidate, threads=threads)
+    ref_pipe = open_pipeline(reference, threads=threads, memory=memory[0])
+    cand_pipe = open_pipeline(candidate, threads=threads, memory=memory[1])
     recorder = _Recorder(ref_pipe.components.unet)
     ref_pipe.components.unet = recorder
     images, step_snr, pairs = [], [], []
@@ -52,8 +53,8 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
         for seed in seeds:
             req = Request(prompt, steps=steps, seed=seed, guidance=5.0)
             recorder.calls.clear()
-            a = ref_pipe(req).images[0]
-            b = cand_pipe(req).images[0]
+            a = _painted(ref_pipe, req)
+            b = _painted(cand_pipe, req)
             pairs.append((a, b))
             images.append({"prompt": prompt, "seed": seed, "psnr_db": round(psnr(a, b), 2), "ssim": round(ssim(a, b), 4)})
             step_snr.append([snr_db(out, cand_pipe.components.unet(x, t, c)) for x, t, c, out in recorder.calls])
@@ -75,6 +76,13 @@ def check_quality(reference: Path, candidate: Path, precision: str, prompts=None
     return report
 
 
+def _painted(pipe, req: Request) -> np.ndarray:
+    """The image; a low-memory pipeline then frees what it loaded, so the other one paints with the memory."""
+    image = pipe(req).images[0]
+    getattr(pipe.components, "free", lambda: None)()
+    return image
+
+
 def _img2img_images(ref_pipe, cand_pipe, inits, prompt: str, seeds, steps: int, strength: float = 0.6) -> list[dict]:
     """Image-to-image rows of the gate (when both exports have a VAE encoder): fp32's first paintings repainted."""
 
@@ -83,7 +91,7 @@ def _img2img_images(ref_pipe, cand_pipe, inits, prompt: str, seeds, steps: int, 
     rows = []
     for init, seed in zip(inits, seeds):
         req = Request(prompt, steps=steps, seed=seed, guidance=5.0, init_image=init, strength=strength)
-        a, b = ref_pipe(req).images[0], cand_pipe(req).images[0]
+        a, b = _painted(ref_pipe, req), _painted(cand_pipe, req)
         rows.append({"prompt": prompt, "seed": seed, "mode": f"img2img (strength {strength})",
                      "psnr_db": round(psnr(a, b), 2), "ssim": round(ssim(a, b), 4)})
     return rows

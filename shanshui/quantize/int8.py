@@ -19,6 +19,7 @@ from shanshui.errors import ShanshuiError
 from shanshui.metrics import psnr, snr_db, to_uint8
 from shanshui.onnxrt import ort_session
 from shanshui.quantize.sensitivity import isolated_layer_snr
+from shanshui.quantize.streamed import parts_for, quantize_in_parts
 from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.spec.contract import ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMPLE, SAMPLE, TEXT_ENCODER, TIMESTEP, UNET
 from shanshui.spec.contract import ALL_COMPONENTS, VAE_DECODER, VAE_ENCODER
@@ -60,11 +61,12 @@ def int8_format(quant_format: str = "qdq", activations: str = "uint8", reduce_ra
 
 
 def record_feeds(export: Path, prompts, seeds, steps: int, threads: int | None = None,
-                 size: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+                 size: int | None = None, memory=None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's inputs seen while painting with the fp32 export, in call order: {component: [feeds]}.
-    U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default image size unless `size` is given."""
+    U-Net feeds hold both guidance branches; the VAE encoder's are the decoded paintings. At the export's default
+    image size unless `size` is given; memory: a runtime.lowmem.Strategy to paint with (None: all resident)."""
 
-    pipe = open_pipeline(export, threads=threads)
+    pipe = open_pipeline(export, threads=threads, memory=memory)
     feeds: dict[str, list] = {c: [] for c in ALL_COMPONENTS}
     te, unet, dec = pipe.components.text_encoder, pipe.components.unet, pipe.components.vae_decoder
 
@@ -124,7 +126,7 @@ def candidate_nodes(model, always_float=ALWAYS_FLOAT) -> tuple[list[str], list[s
     return allowed, kept
 
 
-def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict) -> None:
+def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict, fp16_weights: bool = True) -> None:
     import logging
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -144,7 +146,8 @@ def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict) -> None:
         )
     finally:
         root.setLevel(level)
-    store_float_weights_fp16(dst)
+    if fp16_weights:
+        store_float_weights_fp16(dst)
 
 
 def store_float_weights_fp16(path: Path, min_elements: int = 1024) -> int:
@@ -184,8 +187,11 @@ def _is_large(path: Path) -> bool:
 
 
 def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_layer_snr_db: float = MIN_LAYER_SNR_DB,
-                  probe_feeds: int = 4, always_float=ALWAYS_FLOAT) -> dict:
-    """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float."""
+                  probe_feeds: int = 4, always_float=ALWAYS_FLOAT, parts: int | None = None, on_event=lambda e: None) -> dict:
+    """int8 QDQ of an fp32 graph at `src` into `dst`: layers whose isolated int8 SNR is below the floor stay float.
+
+    parts: quantize the graph cut into this many parts, one at a time (streamed.py: bounded memory, same result);
+    None: whole when its weights are small, else parts of about 256 MB."""
     import onnx
 
     try:
@@ -195,25 +201,43 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
     if not feeds:
         raise ShanshuiError("no calibration inputs were recorded; give calibration prompts")
     fmt = fmt or int8_format()
-    model = onnx.load(str(src), load_external_data=False)
-    allowed, kept = candidate_nodes(model, always_float)
-    del model
-    snr = isolated_layer_snr(src, feeds, allowed, probe=probe_feeds, reduce_range=fmt["reduce_range"])
+    parts = parts_for(src) if parts is None else parts
+    snr: dict[str, float] = {}
+    kept: list[str] = []
+
+    def choose(path, part_feeds, also=(), sink=None):
+        model = onnx.load(str(path), load_external_data=False)
+        allowed, by_rule = candidate_nodes(model, always_float)
+        del model
+        kept.extend(by_rule)
+        measured = isolated_layer_snr(path, part_feeds, allowed, probe=probe_feeds, reduce_range=fmt["reduce_range"],
+                                      also=also, sink=sink)
+        snr.update(measured)
+        return [n for n in allowed if measured[n] >= min_layer_snr_db], None
+
+    if parts > 1:  # float weights to fp16 once, in the joined graph (a constant may sit in two parts)
+        quantize_in_parts(src, dst, feeds, parts, choose,
+                          lambda path, out, part_feeds, layers: _quantize(path, out, part_feeds, layers, fmt, False),
+                          on_part=lambda k, n: on_event(f"part {k + 1} of {n}"))
+        store_float_weights_fp16(dst)
+    else:
+        _quantize(src, dst, feeds, choose(src, feeds)[0], fmt)
     sensitive = sorted(n for n, v in snr.items() if v < min_layer_snr_db)
-    quantized = [n for n in allowed if n not in sensitive]
-    _quantize(src, dst, feeds, quantized, fmt)
-    return {"format": fmt, "calibration_feeds": len(feeds), "quantized_layers": len(quantized),
-            "float_layers_by_rule": kept, "float_layers_by_measurement": sensitive,
+    return {"format": fmt, "calibration_feeds": len(feeds), "quantized_layers": len(snr) - len(sensitive),
+            "float_layers_by_rule": kept, "float_layers_by_measurement": sensitive, "parts": parts,
             "min_layer_snr_db": min_layer_snr_db, "layer_snr_db": snr, "snr_measure": "isolated (one layer in int8)"}
 
 
 def output_quality(ref_path: Path, got_path: Path, feeds, output: str, images: bool) -> float:
     """Worst, over `feeds`, of the candidate's output quality against fp32: image PSNR (images=True, outputs in
-    [-1, 1]) or SNR in dB."""
-    ref, got = ort_session(ref_path), ort_session(got_path)
+    [-1, 1]) or SNR in dB. One session at a time (the fp32 outputs are kept, not the fp32 session)."""
+    ref = ort_session(ref_path)
+    expected = [ref.run([output], feed)[0] for feed in feeds]
+    del ref
+    got = ort_session(got_path)
     worst = float("inf")
-    for feed in feeds:
-        a, b = ref.run([output], feed)[0], got.run([output], feed)[0]
+    for feed, a in zip(feeds, expected):
+        b = got.run([output], feed)[0]
         if images:
             q = min(psnr(x, y) for x, y in zip(to_uint8(a), to_uint8(b)))
         else:

@@ -62,72 +62,100 @@ def _session(model: bytes | str, keep_all: bool = False):
     return ort_session(model, optimize=not keep_all)  # keep_all: every tensor stays addressable
 
 
-def layer_inputs(model_path: Path, feeds: list[dict], nodes: list[str], keep: set[int]) -> tuple[dict, dict]:
-    """Run the fp32 model on `feeds`; returns ({tensor: (min, max)} over all feeds, {tensor: [arrays of feeds in `keep`]})."""
+def _exposed_session(model_path: Path, names: list[str], tmp: Path):
+    """A session of the model at `model_path` with the tensors `names` added to its outputs.
+
+    Weights held in external files are not loaded here: the changed graph is written beside the model (so its
+    relative weight locations resolve) and ONNX Runtime reads the weights once. Inline graphs go as bytes, or
+    through a file with external data when protobuf cannot hold them (> 2 GB)."""
     import onnx
+    from google.protobuf.message import EncodeError
 
-    model = onnx.load(str(model_path))
-    by_name = {n.name: n for n in model.graph.node}
-    names = sorted({by_name[n].input[0] for n in nodes})
-    graph_inputs = {i.name for i in model.graph.input}
-    have = {o.name for o in model.graph.output}
+    model_path = Path(model_path)
+    model = onnx.load(str(model_path), load_external_data=False)
+    have = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
     for n in names:
-        if n not in have and n not in graph_inputs:
+        if n not in have:
             model.graph.output.append(onnx.ValueInfoProto(name=n))
-    with tempfile.TemporaryDirectory(prefix="shanshui-sensitivity-") as tmp:
-        from google.protobuf.message import EncodeError
-
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        path = model_path.with_name(f".{model_path.stem}.exposed.onnx")
+        onnx.save_model(model, str(path))
         try:
-            sess = _session(model.SerializeToString(), keep_all=True)
-        except EncodeError:  # protobuf cannot hold > 2 GB: go through a file with external data
-            path = Path(tmp) / "model.onnx"
-            onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
-            sess = _session(str(path), keep_all=True)
-        del model
-        fetch = [n for n in names if n not in graph_inputs]
-        ranges: dict[str, tuple[float, float]] = {}
-        kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for i, feed in enumerate(feeds):
-            values = dict(zip(fetch, sess.run(fetch, feed)))
-            values.update({n: feed[n] for n in names if n in graph_inputs})
-            for n, v in values.items():
-                lo, hi = float(v.min()), float(v.max())
-                old = ranges.get(n, (lo, hi))
-                ranges[n] = (min(old[0], lo), max(old[1], hi))
-                if i in keep:
-                    kept[n].append(v)
-    return ranges, kept
+            return _session(str(path), keep_all=True)
+        finally:
+            path.unlink(missing_ok=True)
+    try:
+        return _session(model.SerializeToString(), keep_all=True)
+    except EncodeError:  # protobuf cannot hold > 2 GB: go through a file with external data
+        path = tmp / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
+        return _session(str(path), keep_all=True)
 
 
-def isolated_layer_snr(model_path: Path, feeds: list[dict], nodes: list[str], probe: int = 4,
-                       reduce_range: bool = False) -> dict[str, float]:
+class _Accumulator:
+    """Σ ref² and Σ (ref − q)² of one layer alone in fp32 and in int8, over the probe feeds."""
+
+    def __init__(self, node, weights: dict, opset: int, reduce_range: bool):
+        qweights = dict(weights)
+        qweights[node.input[1]] = fake_quant_weight(weights[node.input[1]], weight_axis(node), reduce_range)
+        self.ref = _session(_single_node_model(node, weights, opset).SerializeToString())
+        self.q = _session(_single_node_model(node, qweights, opset).SerializeToString())
+        self.name, self.sig, self.err = node.input[0], 0.0, 0.0
+
+    def add(self, x: np.ndarray, lo: float, hi: float) -> None:
+        ref = self.ref.run(None, {self.name: x})[0].astype(np.float64)
+        got = self.q.run(None, {self.name: fake_quant_activation(x, lo, hi)})[0]
+        self.sig += float(np.sum(ref ** 2))
+        self.err += float(np.sum((ref - got) ** 2))
+
+    def snr(self) -> float:
+        return float("inf") if self.err == 0 else round(float(10 * np.log10(max(self.sig, 1e-30) / self.err)), 2)
+
+
+def isolated_layer_snr(model_path: Path, feeds, nodes: list[str], probe: int = 4, reduce_range: bool = False,
+                       also: tuple[str, ...] = (), sink=None) -> dict[str, float]:
     """{layer name: SNR in dB of that layer alone in int8 against fp32}; ranges from all feeds, error on `probe` of them
-    spread evenly over the list (feeds are in sampling order, so this spans noise levels and prompts)."""
+    spread evenly over the list (feeds are in sampling order, so this spans noise levels and prompts).
+
+    Streams: one pass over the feeds reduces every layer input to its (min, max) and keeps nothing; the probe
+    feeds are then run again one at a time and each layer's error is accumulated at once. So the memory held is one
+    feed's layer inputs, whatever the number of feeds. `feeds` is any sequence (it may load each feed on access).
+    `also`: more tensors fetched in the first pass and handed to `sink(i, {name: array})`, feed by feed."""
     import onnx
     from onnx import numpy_helper
 
-    keep = {int(i) for i in np.linspace(0, len(feeds) - 1, min(probe, len(feeds)))}
-    ranges, kept = layer_inputs(model_path, feeds, nodes, keep)
+    keep = sorted({int(i) for i in np.linspace(0, len(feeds) - 1, min(probe, len(feeds)))})
     model = onnx.load(str(model_path))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     by_name = {n.name: n for n in model.graph.node}
+    graph_inputs = {i.name for i in model.graph.input}
     needed = {i for n in nodes for i in by_name[n].input[1:] if i}
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in needed}
     del model
-    snr = {}
-    for name in nodes:
-        node = by_name[name]
-        w_name = node.input[1]
-        qweights = dict(weights)
-        qweights[w_name] = fake_quant_weight(weights[w_name], weight_axis(node), reduce_range)
-        ref_sess = _session(_single_node_model(node, weights, opset).SerializeToString())
-        q_sess = _session(_single_node_model(node, qweights, opset).SerializeToString())
-        lo, hi = ranges[node.input[0]]
-        sig = err = 0.0
-        for x in kept[node.input[0]]:
-            ref = ref_sess.run(None, {node.input[0]: x})[0].astype(np.float64)
-            got = q_sess.run(None, {node.input[0]: fake_quant_activation(x, lo, hi)})[0]
-            sig += float(np.sum(ref ** 2))
-            err += float(np.sum((ref - got) ** 2))
-        snr[name] = float("inf") if err == 0 else round(float(10 * np.log10(max(sig, 1e-30) / err)), 2)
-    return snr
+    names = sorted({by_name[n].input[0] for n in nodes})
+    fetch = [n for n in names if n not in graph_inputs]
+    extra = [n for n in also if n not in fetch and n not in graph_inputs]
+    ranges: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="shanshui-sensitivity-") as tmp:
+        sess = _exposed_session(Path(model_path), fetch + extra, Path(tmp))
+        for i in range(len(feeds)):
+            feed = feeds[i]
+            values = dict(zip(fetch + extra, sess.run(fetch + extra, feed)))
+            values.update({n: feed[n] for n in set(names) | set(also) if n in graph_inputs})
+            for n in names:
+                lo, hi = float(values[n].min()), float(values[n].max())
+                old = ranges.get(n, (lo, hi))
+                ranges[n] = (min(old[0], lo), max(old[1], hi))
+            if sink is not None:
+                sink(i, {n: values[n] for n in also})
+            del values, feed
+        acc = {name: _Accumulator(by_name[name], weights, opset, reduce_range) for name in nodes}
+        for i in keep:
+            feed = feeds[i]
+            values = dict(zip(fetch, sess.run(fetch, feed)))
+            values.update({n: feed[n] for n in names if n in graph_inputs})
+            for name in nodes:
+                x = values[by_name[name].input[0]]
+                acc[name].add(x, *ranges[by_name[name].input[0]])
+            del values, feed
+    return {name: a.snr() for name, a in acc.items()}

@@ -91,3 +91,26 @@ def test_int8_graphs_pass_the_full_checker(int8_export):
     m = json.loads((int8_export / MANIFEST).read_text())
     for comp, entry in m["components"].items():
         onnx.checker.check_model(str(int8_export / entry["file"]), full_check=True)
+
+
+def test_bounded_memory_int8_matches_the_normal_conversion(int8_export, tiny_export, tmp_path, monkeypatch):
+    """low_memory: feeds recorded and the gate's fp32 images painted with the U-Net streamed, graphs quantized in
+    parts; the layers chosen and the measured errors are those of the normal conversion."""
+    import shanshui.quantize.convert as q
+    import shanshui.quantize.gate as gate
+
+    monkeypatch.setattr(q, "CALIBRATION_PROMPTS", ("水墨山水，江上渔舟", "a pine above a misty river"))
+    monkeypatch.setattr(q, "CALIBRATION_STEPS", 4)
+    monkeypatch.setattr(gate, "GATE_PROMPTS", ("一棵青松，青山环绕，云雾缭绕",))
+    monkeypatch.setattr(gate, "GATE_SEEDS", (0,))
+    events = []
+    m = quantize_export(tiny_export, tmp_path / "low", "int8", low_memory=True, on_event=lambda c, e: events.append((c, e)))
+    normal = json.loads((int8_export / MANIFEST).read_text())
+    got, ref = m["quantization"]["unet"], normal["quantization"]["unet"]
+    assert got["parts"] >= 2 and ref["parts"] == 1 and ("unet", "part 2 of 2") in events
+    assert m["quantization"]["vae_decoder"].get("parts", 1) >= 4 or m["quantization"]["vae_decoder"]["precision"] == "fp16"
+    assert got["layer_snr_db"].keys() == ref["layer_snr_db"].keys()
+    # the streamed fp32 U-Net sums in another order: feeds, ranges and errors agree to within 0.5 dB
+    assert max(abs(got["layer_snr_db"][k] - v) for k, v in ref["layer_snr_db"].items()) < 0.5
+    assert m["gate"]["passed"] and abs(m["gate"]["worst"]["psnr_db"] - normal["gate"]["worst"]["psnr_db"]) < 3
+    assert sorted(p.name for p in (tmp_path / "low").iterdir() if p.name.startswith(".")) == []  # no work folders left

@@ -1,0 +1,68 @@
+"""int8 in bounded memory: the graph quantized part by part (streamed.py) is the whole-graph result."""
+
+import numpy as np
+import pytest
+
+from shanshui.metrics import snr_db
+
+
+@pytest.fixture(scope="module")
+def unet_feeds(tiny_export):
+    from shanshui.quantize.int8 import record_feeds
+
+    return record_feeds(tiny_export, ("水墨山水，江上渔舟", "a pine above a misty river"), (0,), 3)["unet"]
+
+
+def test_quantizing_in_parts_gives_the_whole_graph_result(tiny_export, unet_feeds, tmp_path):
+    import onnx
+
+    from shanshui.onnxrt import ort_session
+    from shanshui.quantize.int8 import quantize_int8
+
+    src = tiny_export / "unet" / "model.onnx"
+    whole = quantize_int8(src, tmp_path / "whole.onnx", unet_feeds, parts=1)
+    parted = quantize_int8(src, tmp_path / "parts.onnx", unet_feeds, parts=3)
+    assert parted["parts"] == 3 and whole["parts"] == 1
+    assert parted["layer_snr_db"].keys() == whole["layer_snr_db"].keys()
+    for name, value in whole["layer_snr_db"].items():  # the same fp32 inputs reach every layer
+        assert parted["layer_snr_db"][name] == pytest.approx(value, abs=0.05), name
+    assert parted["quantized_layers"] == whole["quantized_layers"] > 0
+    onnx.checker.check_model(str(tmp_path / "parts.onnx"), full_check=True)
+    from collections import Counter
+    kinds = lambda m: Counter(n.op_type for n in onnx.load(str(m)).graph.node)  # noqa: E731
+    extra = kinds(tmp_path / "parts.onnx") - kinds(tmp_path / "whole.onnx")
+    assert not kinds(tmp_path / "whole.onnx") - kinds(tmp_path / "parts.onnx")
+    assert set(extra) <= {"QuantizeLinear", "DequantizeLinear"}  # a tensor handed between parts, quantized in both
+    ref, a, b = (ort_session(p) for p in (src, tmp_path / "whole.onnx", tmp_path / "parts.onnx"))
+    for feed in unet_feeds[::4]:
+        r, x, y = (s.run(None, feed)[0] for s in (ref, a, b))
+        assert snr_db(x, y) > 60  # the same graph up to float summation order: tolerance 60 dB
+        assert abs(snr_db(r, y) - snr_db(r, x)) < 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.onnx", "whole.onnx"]  # no work files left
+
+
+def test_large_graphs_are_cut_and_small_ones_are_not(tiny_export, monkeypatch):
+    import shanshui.quantize.streamed as streamed
+
+    src = tiny_export / "unet" / "model.onnx"
+    total = streamed.weight_bytes(src)
+    assert 0.9 * src.stat().st_size < total <= src.stat().st_size
+    assert streamed.parts_for(src) == 1
+    monkeypatch.setattr(streamed, "LARGE_BYTES", total // 2)
+    assert streamed.parts_for(src, part_bytes=total // 5 + 1) == 5
+
+
+def test_part_feeds_read_one_feed_at_a_time(tmp_path):
+    from shanshui.quantize.streamed import PartFeeds, _Store
+
+    store = _Store(tmp_path / "s")
+    for i in range(3):
+        store.put(i, {"/down/skip:0": np.full((2, 2), i, np.float32), "shape": np.array(i, np.int64)})
+    feeds = PartFeeds([{"sample": np.zeros(1) + i} for i in range(3)], store, ["sample", "/down/skip:0"])
+    assert feeds.store.get(1, "shape").shape == ()  # a rank-0 tensor stays rank 0
+    assert len(feeds) == 3 and float(feeds[2]["/down/skip:0"][0, 0]) == 2.0 and float(feeds[1]["sample"][0]) == 1
+    with pytest.raises(IndexError):
+        feeds[3]
+    store.drop("/down/skip:0", 3)
+    store.drop("shape", 3)
+    assert not list((tmp_path / "s").iterdir())
