@@ -35,14 +35,41 @@ def requests(low_memory: bool, max_memory: str | None, strategies: str | None) -
     return list(dict.fromkeys(out))
 
 
+# diffusers' lowest-memory settings on a CPU: attention in one-head slices and the VAE decoded in 2 × 2 tiles (its
+# default tile is the model's sample size, so an SD 1.5 VAE at 512 px would not tile). Its CPU offloads move
+# weights to the CPU between uses on an accelerator: with no accelerator there is nothing to offload to.
+DIFFUSERS_LOW = "attention-slicing+vae-tiling"
+
+
 def add_rows(rows: list, memory: list[str]) -> list:
-    """After each planned onnxruntime/cpu row of shanshui, its copies under each memory request."""
+    """After each planned onnxruntime/cpu row of shanshui, its copies under each memory request; after each planned
+    diffusers CPU row, one with diffusers' lowest-memory settings (the peer's low-memory mode)."""
     out = []
     for r in rows:
         out.append(r)
-        if r.runner == "shanshui" and r.backend == "onnxruntime" and r.device == "cpu" and r.status == "planned":
+        if r.status != "planned" or r.device != "cpu":
+            continue
+        if r.runner == "shanshui" and r.backend == "onnxruntime":
             out.extend(replace(r, memory=m) for m in memory)
+        elif r.runner == "diffusers" and memory:
+            out.append(replace(r, memory=LOW))
     return out
+
+
+def diffusers_row(size: int) -> dict:
+    """The memory record of a diffusers low-memory row."""
+    return {"request": LOW, "strategy": DIFFUSERS_LOW, "estimated_peak_mb": None, "estimated_stages_mb": {},
+            "settings": {"attention_slicing": "max", "vae_tiling": True, "vae_tile_px": size // 2 + size // 8}}
+
+
+def configure_diffusers(pipe, size: int) -> None:
+    """Apply DIFFUSERS_LOW to a StableDiffusionPipeline painting `size` px images."""
+    pipe.enable_attention_slicing("max")
+    vae = pipe.vae
+    vae.enable_tiling()
+    tile = size // 2 + size // 8  # two tiles per side overlapping by a quarter, as shanshui's tiled VAE
+    vae.tile_sample_min_size = tile
+    vae.tile_latent_min_size = tile // 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
@@ -97,7 +124,8 @@ def markdown(report: dict) -> list[str]:
         stages = " / ".join(f"{(st.get(k) or {}).get('peak_rss_mb') or 0:,.0f}" for k in ("text_encoder", "unet_step", "vae_decode"))
         q = r.get("vs_normal") or {}
         psnr = "identical" if q.get("identical") else (f"{q['psnr_db']:.1f}" if q.get("psnr_db") is not None else "—")
-        out.append(f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} ({normal:,.0f}) | {m['estimated_peak_mb']:,.0f} | "
+        est = f"{m['estimated_peak_mb']:,.0f}" if m.get("estimated_peak_mb") is not None else "—"
+        out.append(f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} ({normal:,.0f}) | {est} | "
                    f"{stages} | {f'{ratio:.2f}×' if ratio else '—'} | {psnr} |" if normal else
-                   f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} (—) | {m['estimated_peak_mb']:,.0f} | {stages} | — | {psnr} |")
+                   f"| `{r['id']}` | {m['strategy']} | {peak:,.0f} (—) | {est} | {stages} | — | {psnr} |")
     return out

@@ -24,7 +24,7 @@ from shanshui.bench.report import cpu_info
 from shanshui.bench.steady import remembered_baseline
 from shanshui.bench.venv import optimum_venv
 from shanshui.spec.contract import ModelDims, components
-from shanshui.bench.lowmem import add_rows, resolve_row
+from shanshui.bench.lowmem import add_rows, diffusers_row, resolve_row
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
 OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
@@ -302,7 +302,8 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
             "stage_warmup": s.stage_warmup, "stage_repeats": s.stage_repeats, "image": str(workdir / f"row{i}.npy"),
             "steady": s.steady, "settle_s": s.settle_s, "min_time_s": s.min_time_s, "probe_baseline_s": probe_baseline_s}
     if row.memory:
-        meta["memory"] = resolve_row(row.memory, Path(model_dir), row.size, s.guidance)
+        meta["memory"] = (diffusers_row(row.size) if row.runner == "diffusers"
+                          else resolve_row(row.memory, Path(model_dir), row.size, s.guidance))
         spec["memory"] = meta["memory"]["strategy"]
     if row.runner == "optimum":
         spec["steady_module"] = str(STEADY_MODULE)  # loaded by path: that venv has no shanshui

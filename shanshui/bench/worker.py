@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shanshui.bench.lowmem import configure_diffusers
 from shanshui.bench.memory import GpuPeak, PeakRss, rss_mb
 from shanshui.bench.steady import Guard, measure_baseline
 from shanshui.engines.build import build_engines
@@ -177,6 +178,8 @@ def _load_diffusers(spec: dict):
     pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DPM-Solver++ 2M
     pipe = pipe.to(spec["device"])
     pipe.set_progress_bar_config(disable=True)
+    if spec.get("memory"):  # the peer's low-memory row
+        configure_diffusers(pipe, max(spec["height"], spec["width"]))
     return pipe, dtype
 
 

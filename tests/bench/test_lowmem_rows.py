@@ -21,14 +21,33 @@ def test_requests_are_checked_up_front():
         bench_lowmem.requests(False, "lots", None)
 
 
-def test_rows_added_only_beside_onnxruntime_cpu_rows():
+def test_rows_added_beside_onnxruntime_cpu_rows_and_the_diffusers_peer():
     rows = [Row("m", 256, "shanshui", "onnxruntime", "cpu", "int8"), Row("m", 256, "shanshui", "torch", "cpu", "fp32"),
             Row("m", 256, "diffusers", "torch", "cpu", "fp32"),
             Row("m", 256, "shanshui", "onnxruntime", "cuda", "fp32", status="skipped", reason="no GPU")]
     out = bench_lowmem.add_rows(rows, ["low", "lean"])
     assert [r.id for r in out][:3] == ["m@256/onnxruntime-cpu-int8", "m@256/onnxruntime-cpu-int8/mem:low",
                                        "m@256/onnxruntime-cpu-int8/mem:lean"]
-    assert len(out) == len(rows) + 2
+    assert [r.id for r in out][4:6] == ["m@256/diffusers-cpu-fp32", "m@256/diffusers-cpu-fp32/mem:low"]
+    assert len(out) == len(rows) + 3  # one diffusers row: its lowest-memory settings, whatever was asked of ours
+    assert bench_lowmem.add_rows(rows, []) == rows
+
+
+def test_diffusers_low_memory_settings_tile_the_vae_in_two_by_two():
+    pytest.importorskip("diffusers")
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=512)
+    calls = []
+    pipe = SimpleNamespace(vae=vae, enable_attention_slicing=calls.append)
+    bench_lowmem.configure_diffusers(pipe, 512)
+    assert calls == ["max"] and vae.use_tiling
+    assert vae.tile_latent_min_size == 40 and vae.tile_sample_min_size == 320  # < 512 px: it does tile, 2 per side
+    record = bench_lowmem.diffusers_row(512)
+    assert record["strategy"] == bench_lowmem.DIFFUSERS_LOW and record["estimated_peak_mb"] is None
 
 
 def test_resolve_row_names_the_strategy_and_estimate():
