@@ -70,6 +70,10 @@ def main() -> None:
     try:
         fp16_copy(args.model, tmp / "diffusers")
         export_copy(args.export, tmp / "onnx")
+        from shanshui.fsutil import drop_load_path
+
+        for config in tmp.rglob("config.json"):  # no folder of the training machine in what ships
+            drop_load_path(config)
         sizes = {}
         for path in sorted(tmp.rglob("*")):
             if path.is_file():

@@ -136,6 +136,15 @@ def portable_paths(obj: object) -> object:
     return "…/" + "/".join(path.parts[-2:])
 
 
+def drop_load_path(config: Path) -> None:
+    """Remove the `_name_or_path` (the folder a model was loaded from, an absolute path of this machine) that
+    diffusers and transformers write into a saved config.json."""
+    data = read_json(config)
+    if isinstance(data, dict) and "_name_or_path" in data:
+        del data["_name_or_path"]
+        write_json_atomic(config, data)
+
+
 def link_tree(src: Path, dst: Path, skip=lambda path: False) -> None:
     """The files under `src` at the same places under `dst`: hard links where the file system allows, else copies."""
     for path in Path(src).rglob("*"):

@@ -19,7 +19,7 @@ import numpy as np
 
 from shanshui import limits
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import atomic_path, portable_paths, write_json_atomic
+from shanshui.fsutil import atomic_path, drop_load_path, portable_paths, write_json_atomic
 from shanshui.hf import to_tensor
 from shanshui.runtime.backends import TorchComponents
 from shanshui.runtime.image import save_grid
@@ -249,6 +249,7 @@ def _save_pipeline(out: Path, vae_dir: Path, cfg: UnetConfig, acc, ema, text_enc
         save_text_encoder(te_final.eval(), out / "text_encoder")  # key names transformers 4.x and 5.x both read
         unet_final.eval().save_pretrained(out / "unet", safe_serialization=True)
         vae.save_pretrained(out / "vae", safe_serialization=True)
+        drop_load_path(out / "vae" / "config.json")  # diffusers records the folder it was loaded from
         scheduler.save_pretrained(out / "scheduler")
         write_model_index(out)
         write_json_atomic(out / "shanshui.json", {"arch": cfg.arch, "resolution": cfg.size, **summary})

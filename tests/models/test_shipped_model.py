@@ -18,6 +18,19 @@ def test_the_package_ships_a_default_model_within_budget():
     assert {p.parent.name for p in weights} == {"text_encoder", "unet", "vae"}
 
 
+def test_nothing_shipped_or_documented_names_a_folder_of_the_machine_it_was_made_on():
+    """JSON shipped in the package or committed under docs/ holds no absolute path (training and export machines' folders)."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    absolute = re.compile(r'"(/(?:work|root|home|tmp|Users|var|opt|mnt)/[^"]*|[A-Za-z]:\\\\[^"]*)"')
+    files = list(DEFAULT_ONNX.parent.rglob("*.json")) + list(docs.rglob("*.json"))
+    assert len(files) > 20
+    found = {str(f.name): m.group(1) for f in files for m in [absolute.search(f.read_text(encoding="utf-8"))] if m}
+    assert not found, found
+
+
 def test_shipped_export_passed_its_gate_and_says_what_it_is():
     m = json.loads((DEFAULT_ONNX / "shanshui_manifest.json").read_text(encoding="utf-8"))
     assert m["gate"]["passed"] and m["gate"]["worst"]["psnr_db"] >= m["gate"]["floors"]["psnr_db"]
