@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.onnxrt import ort_session
+from shanshui.quantize.streamed import load_with_data
 
 
 def fake_quant_activation(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -93,18 +94,21 @@ def _exposed_session(model_path: Path, names: list[str], tmp: Path):
 
 
 class _Accumulator:
-    """Σ ref² and Σ (ref − q)² of one layer alone in fp32 and in int8, over the probe feeds."""
+    """Σ ref² and Σ (ref − q)² of one layer alone in fp32 and in int8, over the probe feeds. Its two one-layer
+    sessions are made for each feed and dropped after it, so at most one layer's copies are resident."""
 
     def __init__(self, node, weights: dict, opset: int, reduce_range: bool):
-        qweights = dict(weights)
-        qweights[node.input[1]] = fake_quant_weight(weights[node.input[1]], weight_axis(node), reduce_range)
-        self.ref = _session(_single_node_model(node, weights, opset).SerializeToString())
-        self.q = _session(_single_node_model(node, qweights, opset).SerializeToString())
+        self.node, self.weights, self.opset, self.reduce_range = node, weights, opset, reduce_range
         self.name, self.sig, self.err = node.input[0], 0.0, 0.0
 
     def add(self, x: np.ndarray, lo: float, hi: float) -> None:
-        ref = self.ref.run(None, {self.name: x})[0].astype(np.float64)
-        got = self.q.run(None, {self.name: fake_quant_activation(x, lo, hi)})[0]
+        node, weights = self.node, self.weights
+        qweights = dict(weights)
+        qweights[node.input[1]] = fake_quant_weight(weights[node.input[1]], weight_axis(node), self.reduce_range)
+        ref_sess = _session(_single_node_model(node, weights, self.opset).SerializeToString())
+        q_sess = _session(_single_node_model(node, qweights, self.opset).SerializeToString())
+        ref = ref_sess.run(None, {self.name: x})[0].astype(np.float64)
+        got = q_sess.run(None, {self.name: fake_quant_activation(x, lo, hi)})[0]
         self.sig += float(np.sum(ref ** 2))
         self.err += float(np.sum((ref - got) ** 2))
 
@@ -121,11 +125,10 @@ def isolated_layer_snr(model_path: Path, feeds, nodes: list[str], probe: int = 4
     feeds are then run again one at a time and each layer's error is accumulated at once. So the memory held is one
     feed's layer inputs, whatever the number of feeds. `feeds` is any sequence (it may load each feed on access).
     `also`: more tensors fetched in the first pass and handed to `sink(i, {name: array})`, feed by feed."""
-    import onnx
     from onnx import numpy_helper
 
     keep = sorted({int(i) for i in np.linspace(0, len(feeds) - 1, min(probe, len(feeds)))})
-    model = onnx.load(str(model_path))
+    model = load_with_data(model_path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     by_name = {n.name: n for n in model.graph.node}
     graph_inputs = {i.name for i in model.graph.input}

@@ -19,7 +19,6 @@ import numpy as np
 
 from shanshui.errors import ShanshuiError
 from shanshui.export.split import _init_bytes, split_graph
-from shanshui.fsutil import link_tree
 
 PART_BYTES = 256 * 2**20  # fp32 weight bytes per part: ~4 parts' worth of weights resident at the peak
 LARGE_BYTES = 2**30  # graphs with more fp32 weight bytes than this are quantized part by part
@@ -37,6 +36,38 @@ def parts_for(path: Path, part_bytes: int = PART_BYTES) -> int:
     """How many parts bound the memory of quantizing the graph at `path` (1: quantize it whole)."""
     total = weight_bytes(path)
     return 1 if total <= LARGE_BYTES else min(64, -(-total // part_bytes))
+
+
+def inline_external_data(model, base_dir: Path) -> None:
+    """Read the external weights of `model` into it (in place), from files under `base_dir`.
+
+    onnx.load refuses a weight file with several hard links (shanshui's split and low-memory exports hard-link
+    the U-Net's data file rather than copy gigabytes); this reads the same bytes, after the same containment check
+    (a relative location inside `base_dir`)."""
+    import onnx
+
+    base = Path(base_dir).resolve()
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        path = (base / info["location"]).resolve()
+        if Path(info["location"]).is_absolute() or base not in path.parents:
+            raise ShanshuiError(f"weight {t.name} points outside its model folder ({info['location']}); re-export the model")
+        with open(path, "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def load_with_data(path: Path):
+    """onnx.load of a model and its external weights (hard-linked weight files allowed, see inline_external_data)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inline_external_data(model, Path(path).parent)
+    return model
 
 
 class _Store:
@@ -94,12 +125,12 @@ def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize,
     del model
     work = Path(tempfile.mkdtemp(prefix=".int8-parts-", dir=dst.parent))
     try:
-        link_tree(src.parent, work, skip=lambda p: p.name == src.name or p.suffix == ".json")  # its weight files
         store, infos, quantized = _Store(work / "tensors"), [], []
         readers = _last_readers(pieces)
         for k, piece in enumerate(pieces):
             on_part(k, len(pieces))
             path = work / f"part-{k}.onnx"
+            inline_external_data(piece, src.parent)  # one part's weights, written whole: the quantizer loads it
             onnx.save_model(piece, str(path))
             part_feeds = PartFeeds(feeds, store, [i.name for i in piece.graph.input])
             handed = [o.name for o in piece.graph.output if readers.get(o.name, -1) > k]

@@ -66,3 +66,31 @@ def test_part_feeds_read_one_feed_at_a_time(tmp_path):
     store.drop("/down/skip:0", 3)
     store.drop("shape", 3)
     assert not list((tmp_path / "s").iterdir())
+
+
+def test_weights_are_read_from_hard_linked_files_and_not_from_outside_the_folder(tmp_path):
+    import os
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shanshui.errors import ShanshuiError
+    from shanshui.quantize.streamed import load_with_data
+
+    w = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    (tmp_path / "a").mkdir()
+    onnx.save(helper.make_model(graph), str(tmp_path / "a" / "m.onnx"), save_as_external_data=True, location="m.data",
+              size_threshold=0)
+    os.link(tmp_path / "a" / "m.data", tmp_path / "m.data.link")  # as split and low-memory exports share weights
+    got = load_with_data(tmp_path / "a" / "m.onnx")
+    assert np.array_equal(numpy_helper.to_array(got.graph.initializer[0]), w)
+    model = onnx.load(str(tmp_path / "a" / "m.onnx"), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../m.data.link"
+    onnx.save(model, str(tmp_path / "a" / "escape.onnx"))
+    with pytest.raises(ShanshuiError, match="outside its model folder"):
+        load_with_data(tmp_path / "a" / "escape.onnx")
