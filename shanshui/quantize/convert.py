@@ -215,7 +215,7 @@ class _LazyFeeds:
 
 
 # bounded memory: graphs quantized in parts; the VAE's activations at full resolution are its large part
-BOUNDED_MIN_PARTS = {"unet": 2, "text_encoder": 1, "vae_decoder": 4, "vae_encoder": 4}
+BOUNDED_MIN_PARTS = {"unet": 2, "text_encoder": 2, "vae_decoder": 4, "vae_encoder": 4}
 
 
 def _int8_component(src: Path, tmp: Path, name: str, entry: dict, on_event, feeds: _LazyFeeds, fmt: dict,

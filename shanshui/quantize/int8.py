@@ -150,10 +150,10 @@ def _quantize(src: Path, dst: Path, feeds, nodes: list[str], fmt: dict, fp16_wei
         store_float_weights_fp16(dst)
 
 
-def store_float_weights_fp16(path: Path, min_elements: int = 1024) -> int:
+def store_float_weights_fp16(path: Path, min_elements: int = 1024, skip=frozenset()) -> int:
     """Store the float32 weights left in an int8 graph (layers kept float) as float16 initializers feeding a Cast to
     float32: half the bytes on disk, the same float32 compute (ONNX Runtime folds the Casts when it loads the graph).
-    Returns the bytes saved. Graphs with external data are left as they are."""
+    Returns the bytes saved. Graphs with external data, and weights named in `skip`, are left as they are."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -164,7 +164,7 @@ def store_float_weights_fp16(path: Path, min_elements: int = 1024) -> int:
     q_inputs = {i for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in n.input}
     casts, saved = [], 0
     for init in list(graph.initializer):
-        if init.data_type != onnx.TensorProto.FLOAT or init.name in q_inputs:
+        if init.data_type != onnx.TensorProto.FLOAT or init.name in q_inputs or init.name in skip:
             continue
         arr = numpy_helper.to_array(init)
         if arr.size < min_elements or not np.all(np.isfinite(arr)) or np.abs(arr).max() >= 65504:
@@ -215,11 +215,13 @@ def quantize_int8(src: Path, dst: Path, feeds, fmt: dict | None = None, min_laye
         snr.update(measured)
         return [n for n in allowed if measured[n] >= min_layer_snr_db], None
 
-    if parts > 1:  # float weights to fp16 once, in the joined graph (a constant may sit in two parts)
-        quantize_in_parts(src, dst, feeds, parts, choose,
-                          lambda path, out, part_feeds, layers: _quantize(path, out, part_feeds, layers, fmt, False),
+    def quantize_part(path, out, part_feeds, layers, shared):  # a constant in two parts stays as it is in both
+        _quantize(path, out, part_feeds, layers, fmt, fp16_weights=False)
+        store_float_weights_fp16(out, skip=shared)
+
+    if parts > 1:
+        quantize_in_parts(src, dst, feeds, parts, choose, quantize_part,
                           on_part=lambda k, n: on_event(f"part {k + 1} of {n}"))
-        store_float_weights_fp16(dst)
     else:
         _quantize(src, dst, feeds, choose(src, feeds)[0], fmt)
     sensitive = sorted(n for n, v in snr.items() if v < min_layer_snr_db)

@@ -114,37 +114,42 @@ def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize,
     """int8 of the fp32 graph `src` into `dst` (one graph), part by part.
 
     choose(part_path, part_feeds, also, sink) -> (layer names to quantize, info): measures a part (and hands the
-    tensors `also` to `sink` feed by feed); quantize(part_path, out_path, part_feeds, layers): quantizes a part.
-    Returns each part's info."""
+    tensors `also` to `sink` feed by feed); quantize(part_path, out_path, part_feeds, layers, shared): quantizes a
+    part (`shared`: weights that other parts hold too). Returns each part's info."""
     import onnx
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=False)
     io = (list(model.graph.input), list(model.graph.output))
-    pieces = split_graph(model, parts)
+    pieces = split_graph(model, parts)  # graph only: their weights stay in src's files
     del model
+    seen: dict[str, int] = {}
+    for piece in pieces:
+        for t in piece.graph.initializer:
+            seen[t.name] = seen.get(t.name, 0) + 1
+    shared = frozenset(n for n, c in seen.items() if c > 1)
     work = Path(tempfile.mkdtemp(prefix=".int8-parts-", dir=dst.parent))
     try:
-        store, infos, quantized = _Store(work / "tensors"), [], []
+        store, infos, outs = _Store(work / "tensors"), [], []
         readers = _last_readers(pieces)
         for k, piece in enumerate(pieces):
             on_part(k, len(pieces))
             path = work / f"part-{k}.onnx"
-            inline_external_data(piece, src.parent)  # one part's weights, written whole: the quantizer loads it
-            onnx.save_model(piece, str(path))
+            part = onnx.ModelProto()
+            part.CopyFrom(piece)
+            inline_external_data(part, src.parent)  # this part's weights, written whole: the quantizer loads it
+            onnx.save_model(part, str(path))
+            del part
             part_feeds = PartFeeds(feeds, store, [i.name for i in piece.graph.input])
             handed = [o.name for o in piece.graph.output if readers.get(o.name, -1) > k]
             layers, info = choose(path, part_feeds, tuple(handed), store.put)
-            out = work / f"part-{k}.int8.onnx"
-            quantize(path, out, part_feeds, layers)
-            quantized.append(_prefixed(onnx.load(str(out)), piece, f"part{k}/"))
+            outs.append(work / f"part-{k}.int8.onnx")
+            quantize(path, outs[-1], part_feeds, layers, shared)
             infos.append(info)
             for name in [n for n, last in readers.items() if last == k]:
                 store.drop(name, len(feeds))
             path.unlink()
-            for f in work.glob(f"part-{k}.int8.onnx*"):
-                f.unlink()
-        _save_joined(_join(quantized, io), dst)
+        _save_joined(_join(outs, pieces, io), dst)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return infos
@@ -179,23 +184,39 @@ def _prefixed(qmodel, piece, prefix: str):
     return qmodel
 
 
-def _join(parts, io):
-    """One ModelProto running the quantized parts in order, with the original graph's inputs and outputs."""
+def _join(paths: list[Path], pieces, io):
+    """One ModelProto running the quantized parts (files, read one at a time and then deleted) in order, with the
+    original graph's inputs and outputs; a weight held by two parts is kept once."""
+    import hashlib
+
+    import onnx
     from onnx import helper
 
+    model = onnx.ModelProto()
+    graph = model.graph
+    graph.name = "unet_int8"
+    graph.input.extend(io[0])
+    graph.output.extend(io[1])
     opsets: dict[str, int] = {}
-    for p in parts:
-        for o in p.opset_import:
+    digests: dict[str, str] = {}
+    for k, path in enumerate(paths):
+        part = _prefixed(onnx.load(str(path)), pieces[k], f"part{k}/")
+        graph.node.extend(part.graph.node)
+        for t in part.graph.initializer:
+            digest = hashlib.sha256(t.SerializeToString()).hexdigest()
+            if t.name in digests:
+                if digests[t.name] != digest:
+                    raise ShanshuiError(f"the int8 parts hold two different weights named {t.name}; quantize the graph whole")
+                continue
+            digests[t.name] = digest
+            graph.initializer.append(t)
+        for o in part.opset_import:
             opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-    nodes = [n for p in parts for n in p.graph.node]
-    inits: dict = {}
-    for t in (t for p in parts for t in p.graph.initializer):  # a constant read in two parts is in both
-        if t.name in inits and inits[t.name].SerializeToString() != t.SerializeToString():
-            raise ShanshuiError(f"the int8 parts hold two different weights named {t.name}; quantize the graph whole")
-        inits.setdefault(t.name, t)
-    graph = helper.make_graph(nodes, "unet_int8", io[0], io[1], initializer=list(inits.values()))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-                             ir_version=max(p.ir_version for p in parts))
+        model.ir_version = max(model.ir_version, part.ir_version)
+        del part
+        path.unlink()
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
+    return model
 
 
 def _save_joined(model, dst: Path) -> None:
