@@ -81,7 +81,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _interrupt(args: list[str], cwd: Path, home: Path, ready: str | float, timeout: float = 120):
+def _interrupt(args: list[str], cwd: Path, home: Path, ready: str | float, timeout: float = 300):
     """Start the CLI, send SIGINT once stderr shows `ready` (or it has used `ready` CPU seconds); (exit code, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "shanshui.cli", *args], cwd=cwd, env=cli_env(home),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -98,7 +98,7 @@ def _interrupt(args: list[str], cwd: Path, home: Path, ready: str | float, timeo
     assert proc.poll() is None and is_ready(), "".join(lines)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    proc.wait(timeout=120)  # a loaded CI machine: cleanup after the signal can take a while
     reader.join(timeout=10)
     return proc.returncode, "".join(lines)
 
