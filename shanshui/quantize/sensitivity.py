@@ -10,7 +10,6 @@ error, free of the error that upstream layers would add in a fully quantized gra
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +62,12 @@ def _session(model: bytes | str, keep_all: bool = False):
     return ort_session(model, optimize=not keep_all)  # keep_all: every tensor stays addressable
 
 
-def _exposed_session(model_path: Path, names: list[str], tmp: Path):
+def _exposed_session(model_path: Path, names: list[str]):
     """A session of the model at `model_path` with the tensors `names` added to its outputs.
 
     Weights held in external files are not loaded here: the changed graph is written beside the model (so its
-    relative weight locations resolve) and ONNX Runtime reads the weights once. Inline graphs go as bytes, or
-    through a file with external data when protobuf cannot hold them (> 2 GB)."""
+    relative weight locations resolve) and ONNX Runtime reads the weights once. Inline graphs go as bytes."""
     import onnx
-    from google.protobuf.message import EncodeError
 
     model_path = Path(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
@@ -85,12 +82,7 @@ def _exposed_session(model_path: Path, names: list[str], tmp: Path):
             return _session(str(path), keep_all=True)
         finally:
             path.unlink(missing_ok=True)
-    try:
-        return _session(model.SerializeToString(), keep_all=True)
-    except EncodeError:  # protobuf cannot hold > 2 GB: go through a file with external data
-        path = tmp / "model.onnx"
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
-        return _session(str(path), keep_all=True)
+    return _session(model.SerializeToString(), keep_all=True)  # an inline graph is under protobuf's 2 GB
 
 
 class _Accumulator:
@@ -139,26 +131,25 @@ def isolated_layer_snr(model_path: Path, feeds, nodes: list[str], probe: int = 4
     fetch = [n for n in names if n not in graph_inputs]
     extra = [n for n in also if n not in fetch and n not in graph_inputs]
     ranges: dict[str, tuple[float, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="shanshui-sensitivity-") as tmp:
-        sess = _exposed_session(Path(model_path), fetch + extra, Path(tmp))
-        for i in range(len(feeds)):
-            feed = feeds[i]
-            values = dict(zip(fetch + extra, sess.run(fetch + extra, feed)))
-            values.update({n: feed[n] for n in set(names) | set(also) if n in graph_inputs})
-            for n in names:
-                lo, hi = float(values[n].min()), float(values[n].max())
-                old = ranges.get(n, (lo, hi))
-                ranges[n] = (min(old[0], lo), max(old[1], hi))
-            if sink is not None:
-                sink(i, {n: values[n] for n in also})
-            del values, feed
-        acc = {name: _Accumulator(by_name[name], weights, opset, reduce_range) for name in nodes}
-        for i in keep:
-            feed = feeds[i]
-            values = dict(zip(fetch, sess.run(fetch, feed)))
-            values.update({n: feed[n] for n in names if n in graph_inputs})
-            for name in nodes:
-                x = values[by_name[name].input[0]]
-                acc[name].add(x, *ranges[by_name[name].input[0]])
-            del values, feed
+    sess = _exposed_session(Path(model_path), fetch + extra)
+    for i in range(len(feeds)):
+        feed = feeds[i]
+        values = dict(zip(fetch + extra, sess.run(fetch + extra, feed)))
+        values.update({n: feed[n] for n in set(names) | set(also) if n in graph_inputs})
+        for n in names:
+            lo, hi = float(values[n].min()), float(values[n].max())
+            old = ranges.get(n, (lo, hi))
+            ranges[n] = (min(old[0], lo), max(old[1], hi))
+        if sink is not None:
+            sink(i, {n: values[n] for n in also})
+        del values, feed
+    acc = {name: _Accumulator(by_name[name], weights, opset, reduce_range) for name in nodes}
+    for i in keep:
+        feed = feeds[i]
+        values = dict(zip(fetch, sess.run(fetch, feed)))
+        values.update({n: feed[n] for n in names if n in graph_inputs})
+        for name in nodes:
+            x = values[by_name[name].input[0]]
+            acc[name].add(x, *ranges[by_name[name].input[0]])
+        del values, feed
     return {name: a.snr() for name, a in acc.items()}
