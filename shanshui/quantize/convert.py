@@ -70,7 +70,8 @@ def quantize_export(src: Path, out: Path, precision: str = "fp16", check: bool =
     make_out_dir(out)
     remove_stale_temps(out, ["candidate-", "fp32-parts-"])  # of a killed run
     manifest = copy.deepcopy(source.manifest)
-    manifest.update(precision=precision, quantize_key=key, source_export=str(src.resolve()), quantization={})
+    # the source export by folder name only: files we write carry no path of this machine
+    manifest.update(precision=precision, quantize_key=key, source_export=src.resolve().name, quantization={})
     tmp = Path(tempfile.mkdtemp(prefix=".candidate-", dir=out))
     bounded = _bounded(source, low_memory)
     streamed = _streamed_copy(src, out, bounded)  # the fp32 export with its U-Net cut into parts, hard-linked

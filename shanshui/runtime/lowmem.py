@@ -188,7 +188,9 @@ def lean_options(opts) -> None:
 def session_options(comp: str, threads: int | None, lean: bool, basic: bool = False):
     """basic: only ORT's basic graph rewrites, for a graph loaded once per step (a streamed part). The layout
     rewrites of the full level re-lay the convolution weights out at every load: an SD 1.5 fp32 U-Net in 6 parts at
-    128 px measured 33.6 s and 1381 MB per call with them, 6.7 s and 670 MB without."""
+    128 px measured 33.6 s and 1381 MB per call with them, 6.7 s and 670 MB without. Not for int8 parts: ONNX
+    Runtime's integer kernels differ with the level (a whole int8 U-Net call at the basic or extended level is
+    29-32 dB from the same call at the full level, as far from it as from fp32), and the normal mode runs the full one."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -248,6 +250,7 @@ class LowMemComponents(OrtComponents):
         self.loads = {c: 0 for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
         self.has_encoder = "vae_encoder" in model.manifest["components"]
         self.scalar_t = False
+        self._float_parts = model.manifest.get("precision") != "int8"  # see session_options
         if not strategy.sequential:
             for comp in ("text_encoder", "unet", "vae_decoder"):
                 self._session(comp)
@@ -303,7 +306,7 @@ class LowMemComponents(OrtComponents):
         live = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
         for k, part in enumerate(parts):
             path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
-            sess = self._ort.InferenceSession(str(path), session_options("unet", self.threads, True, basic=True),
+            sess = self._ort.InferenceSession(str(path), session_options("unet", self.threads, True, basic=self._float_parts),
                                               providers=self.providers)
             feeds = {}
             for i in sess.get_inputs():
