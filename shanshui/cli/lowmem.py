@@ -9,6 +9,7 @@ import typer
 
 from shanshui.errors import ShanshuiError
 from shanshui.export.attention import fuse_export
+from shanshui.export.external import externalize_export
 from shanshui.spec.manifest import open_exported
 from shanshui.export.split import split_export
 
@@ -20,6 +21,8 @@ def lowmem(
                                         "MultiHeadAttention (ONNX Runtime's blocked CPU kernel: no score tensor)."),
     parts: int = typer.Option(8, help="Cut the U-Net into this many parts for `generate --low-memory` to stream "
                                       "(load, run, free each part every step); 0 keeps it whole."),
+    external_weights: bool = typer.Option(True, "--external-weights/--inline-weights", help="Each graph's weights "
+                                          "in a file beside it, which ONNX Runtime maps instead of copying."),
 ):
     """Make a low-memory export: fused attention and a U-Net cut into parts, for `generate --low-memory`."""
     exported = open_exported(export_dir)  # a bad folder fails before anything is written
@@ -32,20 +35,27 @@ def lowmem(
         raise ShanshuiError(f"{out_dir} already exists; choose a new folder")
     if parts != 0 and not 2 <= parts <= 64:
         raise ShanshuiError(f"--parts must be 0 (whole) or between 2 and 64, got {parts}")
-    if not fuse_attention and parts == 0:
-        raise ShanshuiError("nothing to do: give --fuse-attention or --parts")
-    stage = out_dir.with_name(f".{out_dir.name}.fused")
-    shutil.rmtree(stage, ignore_errors=True)
+    if not (fuse_attention or parts or external_weights):
+        raise ShanshuiError("nothing to do: give --fuse-attention, --parts or --external-weights")
+    steps = [s for s, on in (("fused", fuse_attention), ("external", external_weights), ("split", parts)) if on]
+    stages = {s: out_dir.with_name(f".{out_dir.name}.{s}") for s in steps[:-1]} | {steps[-1]: out_dir}
+    for folder in list(stages.values())[:-1]:
+        shutil.rmtree(folder, ignore_errors=True)
     try:
         src = export_dir
         if fuse_attention:
-            m = fuse_export(export_dir, stage if parts else out_dir, check_size=None)
+            m = fuse_export(src, stages["fused"], check_size=None)
             typer.echo(f"  fused {m['components']['unet']['attention']['fused']} attentions", err=True)
-            src = stage
+            src = stages["fused"]
+        if external_weights:
+            m, moved = externalize_export(src, stages["external"])
+            typer.echo(f"  weights beside the graph: {', '.join(moved) or 'all were already'}", err=True)
+            src = stages["external"]
         if parts:
             m = split_export(src, out_dir, parts)
             sizes = [p["weight_bytes"] / 2**20 for p in m["components"]["unet"]["parts"]]
             typer.echo(f"  U-Net in {len(sizes)} parts of {min(sizes):.0f}–{max(sizes):.0f} MB", err=True)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        for folder in list(stages.values())[:-1]:
+            shutil.rmtree(folder, ignore_errors=True)
     typer.echo(f"wrote {out_dir}")

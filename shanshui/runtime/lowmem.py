@@ -177,15 +177,17 @@ def _round_up(mb: float) -> str:
 
 # ---- sessions ----------------------------------------------------------------------------------------------------
 
-def lean_options(opts) -> None:
-    """ONNX Runtime settings that trade a little speed for memory (each measured in docs/bench, see README)."""
+def lean_options(opts, prepack: bool = False) -> None:
+    """ONNX Runtime settings that trade a little speed for memory (each measured in docs/bench, see README).
+    prepack: keep ONNX Runtime's re-laid-out copy of the weights (int8 kernels without it measured 2-3× slower)."""
     opts.enable_cpu_mem_arena = False  # activations go back to the system after each call, not to a growing pool
     opts.enable_mem_pattern = False  # no pre-planned block sized for the largest shapes seen
-    opts.add_session_config_entry("session.disable_prepacking", "1")  # no second, re-laid-out copy of the weights
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")  # no second, re-laid-out weight copy
     opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")  # weights freed with the session
 
 
-def session_options(comp: str, threads: int | None, lean: bool, basic: bool = False):
+def session_options(comp: str, threads: int | None, lean: bool, basic: bool = False, prepack: bool = False):
     """basic: only ORT's basic graph rewrites, for a graph loaded once per step (a streamed part). The layout
     rewrites of the full level re-lay the convolution weights out at every load: an SD 1.5 fp32 U-Net in 6 parts at
     128 px measured 33.6 s and 1381 MB per call with them, 6.7 s and 670 MB without. Not for int8 parts: ONNX
@@ -202,7 +204,7 @@ def session_options(comp: str, threads: int | None, lean: bool, basic: bool = Fa
     if not SPINNING[comp]:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
-        lean_options(opts)
+        lean_options(opts, prepack)
         small_heap()
     return opts
 
@@ -250,7 +252,9 @@ class LowMemComponents(OrtComponents):
         self.loads = {c: 0 for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
         self.has_encoder = "vae_encoder" in model.manifest["components"]
         self.scalar_t = False
-        self._float_parts = model.manifest.get("precision") != "int8"  # see session_options
+        # int8 parts: the full level (see session_options) and prepacked weights: an SD 1.5 int8 U-Net at 256 px ran
+        # 3.7 s per call without prepacking, 1.5 s with it, for 400 MB more when whole (a part is an eighth of that)
+        self._float_parts = model.manifest.get("precision") != "int8"
         if not strategy.sequential:
             for comp in ("text_encoder", "unet", "vae_decoder"):
                 self._session(comp)
@@ -304,10 +308,10 @@ class LowMemComponents(OrtComponents):
             for name in part["inputs"]:
                 last[name] = k
         live = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
+        opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
         for k, part in enumerate(parts):
             path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
-            sess = self._ort.InferenceSession(str(path), session_options("unet", self.threads, True, basic=self._float_parts),
-                                              providers=self.providers)
+            sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
             feeds = {}
             for i in sess.get_inputs():
                 v = live[i.name]
