@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.runtime.lowmem import BY_NAME, choose, footprint, parse_budget, smallest, usable
+from shanshui.runtime.lowmem import BY_NAME, choose, footprint, lowest, parse_budget, usable
 from shanshui.spec.manifest import read_manifest
 from shanshui.metrics import psnr, ssim
 
@@ -80,8 +80,10 @@ def resolve_row(request: str, export: Path, size: int, guidance: float) -> dict:
     cfg = dict(h=size, w=size, n=1, guidance=guidance != 1)
     if request.startswith("budget:"):
         strategy, est = choose(export, manifest, parse_budget(request.split(":", 1)[1]), **cfg)
+    elif request == LOW:
+        strategy, est = lowest(export, manifest, **cfg)
     else:
-        strategy = smallest(manifest) if request == LOW else BY_NAME[request]
+        strategy = BY_NAME[request]
         if not usable(strategy, manifest):
             raise ShanshuiError(f"{strategy.name} needs an export whose U-Net is cut into parts (shanshui.export.split)")
         est = footprint(export, manifest, strategy, **cfg)
