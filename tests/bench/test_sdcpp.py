@@ -217,13 +217,23 @@ def test_missing_venv_python_is_a_one_line_failure(tmp_path):
     assert res["ok"] is False and res["error"].startswith("cannot start") and "\n" not in res["error"]
 
 
-def test_worker_never_imports_shanshui():
+def imported(path: Path, top_level: bool = False) -> set[str]:
+    """Modules a file imports (anywhere, or only at module level: what loading it needs)."""
     import ast
 
-    tree = ast.parse(Path(SDCPP_SCRIPT).read_text(encoding="utf-8"))
-    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert names and not [n for n in names if n.split(".")[0] == "shanshui"], names
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    nodes = tree.body if top_level else list(ast.walk(tree))
+    names = [a.name for n in nodes if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in nodes if isinstance(n, ast.ImportFrom)]
+    return {n.split(".")[0] for n in names}
+
+
+def test_worker_and_what_it_loads_by_path_never_import_shanshui():
+    """They run in the sd.cpp venv, where shanshui is not installed: the worker needs only its binding and NumPy,
+    memory.py only the standard library to load (its GPU part imports torch/pynvml when used), steady.py NumPy."""
+    assert imported(SDCPP_SCRIPT) - set(sys.stdlib_module_names) == {"numpy", "stable_diffusion_cpp"}
+    assert imported(MEMORY_MODULE, top_level=True) - set(sys.stdlib_module_names) == set()
+    assert imported(STEADY_MODULE, top_level=True) - set(sys.stdlib_module_names) == {"numpy"}
 
 
 def test_quality_of_sdcpp_rows_is_q8_0_against_its_own_f16():
