@@ -66,8 +66,10 @@ class StageLog:
     """Receives sd.cpp's log lines: keeps the stage timings, reads (then resets) the resident peak at each stage end,
     and passes every line on to stderr (the row's log)."""
 
+    ERROR = 3  # sd_log_level_t SD_LOG_ERROR
+
     def __init__(self, mem):
-        self.mem, self.times, self.peaks = mem, {}, {}
+        self.mem, self.times, self.peaks, self.last_error = mem, {}, {}, None
 
     def clear(self) -> None:
         self.times, self.peaks = {}, {}
@@ -75,6 +77,8 @@ class StageLog:
     def __call__(self, level: int, text: bytes, data) -> None:
         line = text.decode("utf-8", errors="replace") if text else ""
         sys.stderr.write(line)
+        if level == self.ERROR and line.strip():
+            self.last_error = line.split(" - ", 1)[-1].strip()  # without sd.cpp's "file.cpp:LINE - " prefix
         hit = parse_stage_line(line)
         if hit is not None:
             stage, seconds = hit
@@ -118,7 +122,19 @@ def _load(spec: dict, mem):
     threads = int(spec.get("threads") or os.cpu_count() or 1)
     sd = StableDiffusion(model_path=spec["model_dir"], wtype=spec["weight_type"], n_threads=threads,
                          vae_decode_only=True, verbose=True)  # txt2img decodes only, as sd.cpp's CLI does
+    check_loaded(sd, stage_log.last_error)
     return sd, stage_log, callback
+
+
+def check_loaded(sd, last_error: str | None) -> None:
+    """The binding (0.4.7) takes the NULL context sd.cpp returns when it cannot load a model (e.g. no SD version
+    recognised from the tensors) for a loaded one; generating then fails with "NULL pointer access" and freeing it
+    crashes the process. Say why instead, and drop the NULL context so nothing frees it."""
+    inner = getattr(sd, "_model", None)
+    if inner is not None and not getattr(inner, "model", True):
+        inner.model = None
+        raise RuntimeError("stable-diffusion.cpp could not load this model"
+                           + (f" ({last_error})" if last_error else "") + "; it loads SD 1.x/2.x/XL-shaped diffusers folders")
 
 
 def _generations(sd, stage_log: StageLog, spec: dict, mem, guard):

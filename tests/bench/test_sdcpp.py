@@ -133,6 +133,30 @@ def test_stage_log_reads_and_resets_the_peak_at_each_stage_end(capsys):
     assert "some other line" in capsys.readouterr().err  # every line still reaches the row's log
 
 
+def test_a_model_sdcpp_cannot_load_is_a_clear_error_not_a_crash():
+    """sd.cpp returns a NULL context for a model it does not recognise; the binding keeps it as if loaded."""
+    import ctypes
+    from types import SimpleNamespace
+
+    class Mem:
+        def peak_mb(self):
+            return 1.0
+
+        def reset(self):
+            pass
+
+    log = w.StageLog(Mem())
+    log(3, b"stable-diffusion.cpp:299  - get sd version from file failed: 'model'\n", None)
+    log(1, b"stable-diffusion.cpp:212  - loading model from 'model'\n", None)  # info lines do not replace it
+    null = SimpleNamespace(_model=SimpleNamespace(model=ctypes.POINTER(ctypes.c_int)()))
+    with pytest.raises(RuntimeError, match=r"could not load this model \(get sd version from file failed: 'model'\)"):
+        w.check_loaded(null, log.last_error)
+    assert null._model.model is None  # nothing will free the NULL context
+    loaded = SimpleNamespace(_model=SimpleNamespace(model=ctypes.pointer(ctypes.c_int(1))))
+    w.check_loaded(loaded, None)
+    assert loaded._model.model
+
+
 FAKE_SDCPP = '''
 """A stand-in for the stable_diffusion_cpp binding: the calls the worker makes, sd.cpp's log lines, no C++."""
 import ctypes, time
