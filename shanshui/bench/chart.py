@@ -7,7 +7,7 @@ from __future__ import annotations
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {"onnxruntime": (52, 101, 164), "torch": (204, 102, 0), "tensorrt": (78, 154, 6), "diffusers": (117, 80, 123),
-          "optimum": (193, 125, 17)}
+          "optimum": (193, 125, 17), "sdcpp": (0, 128, 128)}
 W, ROW_H, TOP, LABEL_W, PANEL_W, GAP = 1480, 26, 70, 430, 310, 40
 
 
@@ -30,7 +30,7 @@ def draw_chart(report: dict) -> Image.Image:
                      f"{env.get('cpu')}" + (f", {env['gpu']}" if env.get("gpu") else ""), fill="black", font=fb)
     x_gen, x_unet, x_mem = LABEL_W, LABEL_W + PANEL_W + GAP, LABEL_W + 2 * (PANEL_W + GAP)
     d.text((x_gen, TOP - 26), "generation, median (s)", fill="black", font=f)
-    d.text((x_unet, TOP - 26), "U-Net step (direct call), median (ms)", fill="black", font=f)
+    d.text((x_unet, TOP - 26), "U-Net step, median (ms; sdcpp: in pipeline)", fill="black", font=f)
     d.text((x_mem, TOP - 26), "peak RSS of the generation (MB)", fill="black", font=f)
     if not rows:
         d.text((12, TOP + 10), "no row was measured", fill="black", font=f)

@@ -105,7 +105,19 @@ def _how_to_read(report: dict, s: dict) -> list[str]:
             "- *× diffusers*: diffusers' StableDiffusionPipeline (PyTorch eager, same model, size, steps, scheduler, "
             "threads, device) time ÷ this row's; above 1 is faster than diffusers.",
             "- *PSNR / SSIM*: the row's image against an fp32 row's (same prompt, seed and initial noise).",
+            *_sdcpp_lines(report),
             f"- Generations and the direct calls of each stage went on for at least {s.get('min_time_s', 0)} s each "
             "(short calls repeat), so a median spans many of a shared machine's short slow spells. With `--steady`, "
             "a CPU capacity probe also ran around blocks of calls, and blocks another process disturbed were re-run "
             "(`shanshui/bench/steady.py`).", ""]
+
+
+def _sdcpp_lines(report: dict) -> list[str]:
+    if not any(r.get("runner") == "sdcpp" for r in report["rows"]):
+        return []
+    return ["- *sdcpp* rows: stable-diffusion.cpp (through stable-diffusion-cpp-python, its own venv, CPU backend) on the "
+            "same diffusers weights, converted while loading to the row's weight type (q8_0, f16; *load* includes that "
+            "conversion); DPM++ 2M with its discrete schedule. Its binding cannot call one stage alone, so its *U-Net "
+            "step*, *text enc* and *VAE dec* (and their peak RSS) are measured inside its generations, from its own log "
+            "lines (10 ms resolution). It draws its own initial noise and uses its own CLIP tokenizer, so its *PSNR / "
+            "SSIM* is q8_0 against its own f16 image, not against the other rows."]

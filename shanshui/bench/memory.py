@@ -2,7 +2,8 @@
 
 Linux: writing "5" to /proc/self/clear_refs resets the resident high-water mark (VmHWM in /proc/self/status), so
 each stage gets its own peak. Elsewhere resource.getrusage's ru_maxrss is used: the peak since the process started,
-which cannot be reset; the method is recorded so a report says which one it is. Standard library only.
+which cannot be reset; the method is recorded so a report says which one it is. Standard library only: the
+stable-diffusion.cpp worker loads this file by path from its own venv.
 """
 
 from __future__ import annotations

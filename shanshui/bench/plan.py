@@ -1,6 +1,8 @@
 """What to measure: the models, their sizes, and one row per runner × backend × device × precision this machine has.
 
-A row that cannot run here (no GPU, no TensorRT, Optimum's venv not asked for) is still listed, with the reason.
+A row that cannot run here (no GPU, no TensorRT, a peer's venv not asked for) is still listed, with the reason.
+stable-diffusion.cpp (`sdcpp`) is a peer with its own weight types instead of shanshui's precisions: one row each for
+q8_0 and f16 (sd.cpp converts the diffusers weights while loading), on the CPU (its venv builds the CPU backend).
 Torch-free: models are resolved from their JSON files only.
 """
 
@@ -29,7 +31,12 @@ class BenchBackend(str, enum.Enum):
 class Peer(str, enum.Enum):
     diffusers = "diffusers"
     optimum = "optimum"
+    sdcpp = "sdcpp"
     none = "none"
+
+
+PEER_BACKENDS = {"diffusers": "torch", "optimum": "onnxruntime", "sdcpp": "ggml"}  # what each peer computes with
+SDCPP_WEIGHT_TYPES = ("q8_0", "f16")  # sd.cpp's --type values measured, in report order
 
 
 # What each runner/backend can run, per device (combinations outside these are not rows at all).
@@ -43,6 +50,8 @@ SUPPORTED = {
     ("diffusers", "cuda"): ("fp32", "fp16"),
     ("optimum", "cpu"): ("fp32",),
     ("optimum", "cuda"): ("fp32",),
+    ("sdcpp", "cpu"): SDCPP_WEIGHT_TYPES,
+    ("sdcpp", "cuda"): SDCPP_WEIGHT_TYPES,  # listed so a GPU machine says why it does not run (CPU-only venv)
 }
 
 
@@ -86,10 +95,10 @@ class ModelRef:
 class Row:
     model: str
     size: int
-    runner: str  # shanshui | diffusers | optimum
-    backend: str  # onnxruntime | torch | tensorrt (what the runner computes with)
+    runner: str  # shanshui | diffusers | optimum | sdcpp
+    backend: str  # onnxruntime | torch | tensorrt | ggml (what the runner computes with)
     device: str
-    precision: str
+    precision: str  # fp32 | fp16 | int8; sdcpp rows: q8_0 | f16 (sd.cpp weight types)
     status: str = "planned"  # planned | ok | failed | skipped
     reason: str | None = None
     memory: str | None = None  # a low-memory request (see bench/lowmem.py); None: everything resident
@@ -177,7 +186,7 @@ def devices_for(device: str, probe: dict) -> tuple[list[str], str | None]:
 
 
 def _unavailable(runner: str, backend: str, device: str, precision: str, model: ModelRef, probe: dict, optimum: dict,
-                 cuda_why: str | None) -> str | None:
+                 cuda_why: str | None, sdcpp: dict | None = None) -> str | None:
     if device == "cuda" and cuda_why:
         return cuda_why
     if backend == "onnxruntime" and device == "cuda" and "CUDAExecutionProvider" not in probe.get("providers", []):
@@ -193,21 +202,27 @@ def _unavailable(runner: str, backend: str, device: str, precision: str, model: 
             return optimum.get("reason") or "the Optimum venv is not ready"
         if device == "cuda":
             return "the Optimum venv has the CPU build of onnxruntime (no CUDA provider)"
-    if runner in ("diffusers",) or backend == "torch":
+    if runner == "sdcpp":
+        if not (sdcpp or {}).get("ready"):
+            return (sdcpp or {}).get("reason") or "the stable-diffusion.cpp venv is not ready"
+        if device == "cuda":
+            return "the stable-diffusion.cpp venv is built with the CPU backend only"
+    if runner in ("diffusers", "sdcpp") or backend == "torch":
         if model.source is None and model.arch is None:
             return "no diffusers source folder for this export (its recorded source path is gone)"
     return None
 
 
 def plan_rows(models: list[ModelRef], sizes: list[int] | None, backends: list[str], precisions: list[str], device: str,
-              peers: list[str], probe: dict, optimum: dict) -> list[Row]:
-    """Every row to measure, in report order; rows that cannot run here come back with status 'skipped' and a reason."""
+              peers: list[str], probe: dict, optimum: dict, sdcpp: dict | None = None) -> list[Row]:
+    """Every row to measure, in report order; rows that cannot run here come back with status 'skipped' and a reason.
+    `optimum`, `sdcpp`: the peers' venvs (see bench/venv.py), whether ready or why not."""
     devices, cuda_why = devices_for(device, probe)
     rows: list[Row] = []
     for model in models:
         for size in sizes or [model.resolution]:
             for dev in devices:
-                combos = [("shanshui", b) for b in backends] + [(p, {"diffusers": "torch", "optimum": "onnxruntime"}[p]) for p in peers]
+                combos = [("shanshui", b) for b in backends] + [(p, PEER_BACKENDS[p]) for p in peers]
                 for runner, backend in combos:
                     key = (runner if runner != "shanshui" else backend, dev)
                     if backend == "tensorrt" and dev == "cpu":
@@ -219,11 +234,13 @@ def plan_rows(models: list[ModelRef], sizes: list[int] | None, backends: list[st
                         rows.append(Row(model.name, size, runner, backend, dev, "*", "skipped", f"{what} is not importable here"))
                         continue
                     precs = [p for p in precisions if p in SUPPORTED.get(key, ())]
-                    if runner != "shanshui" and "fp32" not in precs:
+                    if runner == "sdcpp":
+                        precs = list(SUPPORTED.get(key, ()))  # its own weight types, whatever --precisions says
+                    elif runner != "shanshui" and "fp32" not in precs:
                         precs.insert(0, "fp32")  # a peer always has its fp32 row: the baseline of ratios
                     for prec in precs:
                         row = Row(model.name, size, runner, backend, dev, prec)
-                        why = _unavailable(runner, backend, dev, prec, model, probe, optimum, cuda_why)
+                        why = _unavailable(runner, backend, dev, prec, model, probe, optimum, cuda_why, sdcpp)
                         if why is None and backend in ("onnxruntime", "tensorrt") and model.source is None \
                                 and model.arch is None and prec not in model.exports:
                             why = f"no {prec} export given and no source folder to make one from"

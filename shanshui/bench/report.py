@@ -106,7 +106,7 @@ def _record(row, res: dict | None) -> dict:
         return rec
     rec.update({k: res.get(k) for k in ("pid", "pids", "rounds", "model_dir", "disk_bytes", "component_precisions", "memory_method",
                                          "memory_note", "gpu_memory_method", "modules_loaded", "versions", "steadiness",
-                                         "memory")
+                                         "memory", "weight_type")
                 if k in res})
     if row.status != "ok":
         return rec
@@ -118,7 +118,8 @@ def _record(row, res: dict | None) -> dict:
     rec["unet_step_in_pipeline"] = summarize(gen.get("steps_s"))
     rec["stages"] = {name: {"first_s": first.get(FIRST_KEYS[name]), **(summarize(st["runs_s"]) or {}),
                             "gpu_median_ms": float(np.median(st["gpu_runs_ms"])) if st.get("gpu_runs_ms") else None,
-                            "peak_rss_mb": st.get("peak_rss_mb"), "gpu_peak_mb": st.get("gpu_peak_mb"), "inputs": st.get("inputs")}
+                            "peak_rss_mb": st.get("peak_rss_mb"), "gpu_peak_mb": st.get("gpu_peak_mb"), "inputs": st.get("inputs"),
+                            **({"source": st["source"]} if st.get("source") else {})}
                      for name, st in res["stages"].items()}
     return rec
 
@@ -155,29 +156,46 @@ REFERENCE_ORDER = (("shanshui", "onnxruntime", "cpu"), ("shanshui", "torch", "cp
                    ("shanshui", "torch", "cuda"), ("diffusers", "torch", "cpu"))
 
 
+def _own_reference(rec: dict, records: list[dict], images: dict) -> dict | None:
+    """stable-diffusion.cpp draws its own initial noise and has its own tokenizer: its rows are compared only with its
+    f16 row of the same case (so the q8_0 row shows what q8_0 costs); the f16 row has no reference."""
+    if rec["precision"] == "f16":
+        return None
+    return next((r for r in records if r["status"] == "ok" and r["runner"] == "sdcpp" and r["precision"] == "f16"
+                 and r["device"] == rec["device"] and _same_case(r, rec) and r["id"] in images), None)
+
+
 def add_quality(records: list[dict], images: dict[str, np.ndarray]) -> None:
     """PSNR/SSIM of each row's image against an fp32 row of the same model, size, prompt, seed and initial noise:
-    the same runner/backend/device at fp32 for lower precisions, else the first fp32 row in REFERENCE_ORDER."""
+    the same runner/backend/device at fp32 for lower precisions, else the first fp32 row in REFERENCE_ORDER.
+    stable-diffusion.cpp rows: against its own f16 row (see _own_reference)."""
 
     fp32 = [r for r in records if r["status"] == "ok" and r["precision"] == "fp32" and r["id"] in images]
     for rec in records:
         if rec["status"] != "ok" or rec["id"] not in images:
             continue
+        if rec["runner"] == "sdcpp":
+            _set_quality(rec, _own_reference(rec, records, images), images)
+            continue
         cands = [r for r in fp32 if _same_case(r, rec) and r["id"] != rec["id"]]
         same = [r for r in cands if (r["runner"], r["backend"], r["device"]) == (rec["runner"], rec["backend"], rec["device"])]
         ranked = sorted(cands, key=lambda r: next((i for i, k in enumerate(REFERENCE_ORDER) if k == (r["runner"], r["backend"], r["device"])), 99))
         ref = (same or ranked or [None])[0] if rec["precision"] != "fp32" else (ranked or [None])[0]
-        if ref is None:
-            continue
-        a, b = images[rec["id"]], images[ref["id"]]
-        if a.shape != b.shape:
-            continue
-        p = psnr(a, b)
-        rec["quality"] = {"reference": ref["id"], "psnr_db": None if math.isinf(p) else round(p, 2),
-                          "ssim": round(ssim(a, b), 4), "identical": math.isinf(p)}
+        _set_quality(rec, ref, images)
 
 
-def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: dict, refs) -> dict:
+def _set_quality(rec: dict, ref: dict | None, images: dict[str, np.ndarray]) -> None:
+    if ref is None:
+        return
+    a, b = images[rec["id"]], images[ref["id"]]
+    if a.shape != b.shape:
+        return
+    p = psnr(a, b)
+    rec["quality"] = {"reference": ref["id"], "psnr_db": None if math.isinf(p) else round(p, 2),
+                      "ssim": round(ssim(a, b), 4), "identical": math.isinf(p)}
+
+
+def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: dict, refs, sdcpp: dict | None = None) -> dict:
     records = [_record(r, results.get(r.id)) for r in rows]
     images = {}
     for rec in records:
@@ -200,6 +218,7 @@ def build_report(config, rows, results: dict[str, dict], probe: dict, optimum: d
         "models": [{"name": r.name, "resolution": r.resolution, "source": str(r.source) if r.source else None, "arch": r.arch,
                     "exports": {k: str(v) for k, v in r.exports.items()}} for r in refs],
         "optimum_venv": {k: optimum.get(k) for k in ("ready", "reason", "dir", "log")},
+        "sdcpp_venv": {k: (sdcpp or {}).get(k) for k in ("ready", "reason", "dir", "log")},
         "rows": records,
     })
 

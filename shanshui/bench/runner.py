@@ -22,13 +22,16 @@ from shanshui.errors import ShanshuiError
 from shanshui.bench import prepare, report
 from shanshui.bench.report import cpu_info
 from shanshui.bench.steady import remembered_baseline
-from shanshui.bench.venv import optimum_venv
+from shanshui.bench.venv import optimum_venv, sdcpp_venv
 from shanshui.spec.contract import ModelDims, components
 from shanshui.bench.lowmem import add_rows, diffusers_row, resolve_row
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the shanshui package
 OPTIMUM_SCRIPT = Path(__file__).resolve().parent / "optimum_worker.py"
+SDCPP_SCRIPT = Path(__file__).resolve().parent / "sdcpp_worker.py"
 STEADY_MODULE = Path(__file__).resolve().parent / "steady.py"
+MEMORY_MODULE = Path(__file__).resolve().parent / "memory.py"
+PEER_SCRIPTS = {"optimum": OPTIMUM_SCRIPT, "sdcpp": SDCPP_SCRIPT}  # peers that run in their own venvs
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt", "optimum")
 
 
@@ -39,11 +42,12 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["onnxruntime", "torch", "tensorrt"])
     precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "int8"])
     device: str = "auto"
-    peers: list[str] = field(default_factory=lambda: ["diffusers"])  # requested; "optimum" builds its venv
+    peers: list[str] = field(default_factory=lambda: ["diffusers"])  # requested; "optimum", "sdcpp" build their venvs
     settings: Settings = field(default_factory=Settings)
     cache: Path | None = None
     venv_root: Path | None = None
     venv_timeout_s: float = 1800
+    sdcpp_venv_timeout_s: float = 3600  # it compiles stable-diffusion.cpp
     memory: list[str] = field(default_factory=list)  # low-memory requests: rows added beside onnxruntime/cpu rows
 
 
@@ -142,7 +146,7 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
              f"noisy; the report records the load")
     workdir = Path(tempfile.mkdtemp(prefix="shanshui-bench-"))
     try:
-        peers = [] if "none" in config.peers else ["diffusers", "optimum"]  # optimum is listed even when not run
+        peers = [] if "none" in config.peers else ["diffusers", "optimum", "sdcpp"]  # listed even when not run
         probe = run_worker({"task": "probe", "torch": "torch" in config.backends or bool(peers), "threads": s.threads,
                             "steady": s.steady}, workdir, "probe")
         if s.steady and probe.get("ok"):
@@ -153,15 +157,19 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         if "optimum" in peers:
             optimum = optimum_venv(config.venv_root, create="optimum" in config.peers, timeout_s=config.venv_timeout_s,
                                    on_event=note)
-        rows = plan_rows(refs, config.sizes, config.backends, config.precisions, config.device, peers, probe, optimum)
+        sdcpp = {"ready": False, "reason": "not requested"}
+        if "sdcpp" in peers:
+            sdcpp = sdcpp_venv(config.venv_root, create="sdcpp" in config.peers, timeout_s=config.sdcpp_venv_timeout_s,
+                               on_event=note)
+        rows = plan_rows(refs, config.sizes, config.backends, config.precisions, config.device, peers, probe, optimum, sdcpp)
         if config.memory:
             rows = add_rows(rows, config.memory)
         big = {ref.name for ref in refs if ref.arch == "sd15" or ref.resolution >= 512}
         if any(r.model in big and r.device == "cpu" and r.status == "planned" for r in rows):
             warn("sd15 on a CPU is slow (a 512 px U-Net step takes seconds to tens of seconds on 2 cores; its int8 "
                  "export calibrates for many minutes); --quick keeps it short")
-        results = _run_rows(config, rows, refs, probe, optimum, cache, workdir, quiet)
-        rep = report.build_report(config, rows, results, probe, optimum, refs)
+        results = _run_rows(config, rows, refs, probe, {"optimum": optimum, "sdcpp": sdcpp}, cache, workdir, quiet)
+        rep = report.build_report(config, rows, results, probe, optimum, refs, sdcpp)
         rep["parent"] = {"pid": os.getpid(), "heavy_modules_loaded": sorted(m for m in HEAVY if m in sys.modules)}
         rep["environment"]["load_average_1m"] = {"start": load_start, "end": _loadavg()}
         return rep
@@ -169,7 +177,7 @@ def run_bench(config: BenchConfig, quiet: bool = False, warn: Callable[[str], No
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_rows(config: BenchConfig, rows: list, refs: list, probe: dict, optimum: dict, cache: Path, workdir: Path,
+def _run_rows(config: BenchConfig, rows: list, refs: list, probe: dict, venvs: dict[str, dict], cache: Path, workdir: Path,
               quiet: bool) -> dict[str, dict]:
     """Rounds: every row runs `rounds` times, each in a fresh process, the rows taking turns, so each row's samples
     come from several stretches of time (a shared machine is slow or fast for seconds to minutes)."""
@@ -200,8 +208,9 @@ def _run_rows(config: BenchConfig, rows: list, refs: list, probe: dict, optimum:
                 spec, meta = specs[row.id]
                 spec = {**spec, **round_share(s, rounds), "image": str(workdir / f"row{i}-r{k}.npy")}
                 display.status(f"{row.id}: measuring" + (f" (round {k + 1} of {rounds})" if rounds > 1 else ""))
-                if row.runner == "optimum":
-                    res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s, python=optimum["python"], script=OPTIMUM_SCRIPT)
+                if row.runner in PEER_SCRIPTS:
+                    res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s, python=venvs[row.runner]["python"],
+                                     script=PEER_SCRIPTS[row.runner])
                 else:
                     res = run_worker(spec, workdir, f"row{i}-r{k}", s.timeout_s)
                 per_round.setdefault(row.id, []).append(res)
@@ -305,6 +314,8 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
         meta["memory"] = (diffusers_row(row.size) if row.runner == "diffusers"
                           else resolve_row(row.memory, Path(model_dir), row.size, s.guidance))
         spec["memory"] = meta["memory"]["strategy"]
+    if row.runner == "sdcpp":  # the diffusers folder; sd.cpp converts its weights to the row's type while loading
+        spec.update(weight_type=row.precision, steady_module=str(STEADY_MODULE), memory_module=str(MEMORY_MODULE))
     if row.runner == "optimum":
         spec["steady_module"] = str(STEADY_MODULE)  # loaded by path: that venv has no shanshui
         shapes, dims = _stage_inputs(model_dir, s.guidance, row.size, row.size)

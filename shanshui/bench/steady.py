@@ -17,7 +17,8 @@ spell of tens of seconds in which the int8 U-Net ran 1.75x slower while fp32 did
 ONNX Runtime sessions it read ~2x slow for long stretches with nothing else running, so its re-runs there are often
 false alarms. That is why the bench runs it only with `--steady`; the minimum time is always on.
 
-Standalone on purpose: NumPy and the standard library only, so the Optimum worker can load this file from its venv.
+Standalone on purpose: NumPy and the standard library only, so the Optimum and stable-diffusion.cpp workers can load
+this file from their venvs.
 """
 
 from __future__ import annotations

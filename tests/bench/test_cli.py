@@ -19,7 +19,7 @@ def run(*args):
 @pytest.mark.parametrize("args,fragment", [
     (["--backends", "openvino"], "backend openvino is not one of onnxruntime, torch, tensorrt"),
     (["--precisions", "fp8"], "precision fp8 is not one of fp32, fp16, int8"),
-    (["--peers", "tgi"], "peer tgi is not one of diffusers, optimum, none"),
+    (["--peers", "tgi"], "peer tgi is not one of diffusers, optimum, sdcpp, none"),
     (["--size", "250"], "size 250 is not a positive multiple of 8"),
     (["--size", "big"], "must be image sizes in pixels"),
     (["--steps", "0"], "--steps must be at least 1"),
