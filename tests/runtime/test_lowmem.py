@@ -154,6 +154,19 @@ def test_budget_picks_the_fastest_strategy_that_fits():
     assert all(est[s.name] > budget for s in earlier)
 
 
+def test_low_memory_tiles_the_vae_only_where_the_vae_sets_the_peak():
+    """Tiles cost quality; at 64 px the U-Net sets the shipped model's estimated peak, at 256 px the VAE does."""
+    root = default_model_dir()
+    m = read_manifest(root)
+    small, est = lowmem.lowest(root, m, 64, 64, 1)
+    assert small.name == "sequential+split" and small.vae_tile is None
+    assert max(est["stages_mb"], key=est["stages_mb"].get) != "vae_decoder"
+    large, est = lowmem.lowest(root, m, 256, 256, 1)
+    assert large == lowmem.LOW_MEMORY and max(est["stages_mb"], key=est["stages_mb"].get) == "vae_decoder"
+    assert lowmem.resolve(root, True, None, 64, 64, 1)[0] == small
+    assert lowmem.BY_NAME["streamed+whole-vae"].streamed and lowmem.BY_NAME["streamed+whole-vae"].vae_tile is None
+
+
 def test_too_small_a_budget_is_refused_before_loading(tmp_path, monkeypatch):
     root = default_model_dir()
     need = lowmem.footprint(root, read_manifest(root), lowmem.LOW_MEMORY, 256, 256, 1)["peak_mb"]
