@@ -27,10 +27,12 @@ def lowmem(
     """Make a low-memory export: fused attention and a U-Net cut into parts, for `generate --low-memory`."""
     exported = open_exported(export_dir)  # a bad folder fails before anything is written
     if fuse_attention and exported.manifest.get("precision") == "int8":
-        # the int8 U-Net quantizes its attention products; fused, they are computed in float, and the shipped model's
-        # image moved to 30 dB from its int8 self: not the same model any more
-        raise ShanshuiError("attention fusion is for fp32/fp16 exports (it drops the int8 attention products); "
-                            "pass --no-fuse-attention to only cut an int8 U-Net into parts")
+        # fused after quantization, ONNX Runtime runs the int8 graph with other kernels around the attentions and the
+        # int8 rounding carries the change through every step: the shipped model's image moved to 30 dB from its int8
+        # self. An int8 export quantized from a fused fp32 one paints the same image in every memory mode.
+        raise ShanshuiError("attention fusion is for fp32/fp16 exports (fused after quantization the image changes); "
+                            "pass --no-fuse-attention, or fuse the fp32 export first and quantize that "
+                            "(`shanshui lowmem FP32 FUSED --parts 0`, then `shanshui quantize FUSED INT8 --precision int8`)")
     if out_dir.exists():
         raise ShanshuiError(f"{out_dir} already exists; choose a new folder")
     if parts != 0 and not 2 <= parts <= 64:
