@@ -314,6 +314,8 @@ def _row_spec(row: Row, ref: ModelRef, s: Settings, cache: Path, workdir: Path, 
         meta["memory"] = (diffusers_row(row.size) if row.runner == "diffusers"
                           else resolve_row(row.memory, Path(model_dir), row.size, s.guidance))
         spec["memory"] = meta["memory"]["strategy"]
+        if row.runner != "diffusers":  # the strategy's settings: a budget may keep streamed parts (runtime/lowmem.py)
+            spec["memory_settings"] = meta["memory"]["settings"]
     if row.runner == "sdcpp":  # the diffusers folder; sd.cpp converts its weights to the row's type while loading
         spec.update(weight_type=row.precision, steady_module=str(STEADY_MODULE), memory_module=str(MEMORY_MODULE))
     if row.runner == "optimum":

@@ -32,7 +32,7 @@ from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.spec.contract import components as specs_for
 from shanshui.spec.source import open_source
 from shanshui.train.arch import init_model
-from shanshui.runtime.lowmem import BY_NAME
+from shanshui.runtime.lowmem import BY_NAME, Strategy
 
 HEAVY = ("onnxruntime", "torch", "diffusers", "transformers", "tensorrt")
 
@@ -142,7 +142,8 @@ def run_shanshui(spec: dict, mem: PeakRss, guard: Guard) -> dict:
     mem.reset()
     kw = {"precision": spec["precision"]} if backend == "torch" and spec["precision"] != "fp32" else {}
     if spec.get("memory"):
-        kw["memory"] = BY_NAME[spec["memory"]]
+        settings = spec.get("memory_settings")
+        kw["memory"] = Strategy(**settings) if settings else BY_NAME[spec["memory"]]
     pipe = open_pipeline(spec["model_dir"], backend=backend, device=dev, threads=spec["threads"], **kw)
     load_s = pipe.load_seconds
     load = {"load_s": load_s, "rss_after_load_mb": rss_mb(), "peak_rss_load_mb": mem.peak_mb()}

@@ -16,7 +16,7 @@ import ctypes
 import gc
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Strategy:
     split_batch: bool = False
     vae_tile: float | None = None  # tile side as a fraction of the latent's longer side (2 × 2 tiles); None: whole
     streamed: bool = False  # the U-Net's parts (shanshui/export/split.py) loaded, run and freed in turn each step
+    kept_parts: int = 0  # streamed: the first parts stay loaded from step to step (a budget with room for them)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -163,14 +164,22 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
     # 246 MB: 570 MB peak in a lean session)
     resident = {c: wmb * (1.0 if strategy.lean else 2.0) * (2.0 if _fp16(manifest, c) else 1.0)
                 for c, wmb in weights.items()}
-    if strategy.streamed:  # the largest part, and the tensors passed between parts (skips: ~ the conv term)
-        resident["unet"] = max(p["weight_bytes"] for p in manifest["components"]["unet"]["parts"]) / MIB
+    if strategy.streamed:  # the kept parts, the largest other one, the tensors between parts (skips: ~ the conv term)
+        resident["unet"] = _streamed_mb(manifest, strategy.kept_parts)
     if strategy.sequential:
         stages = {c: BASE_MB + resident[c] + acts[c] for c in acts}
     else:
         total = sum(resident.values())
         stages = {c: BASE_MB + total + acts[c] for c in acts}
     return {"peak_mb": max(stages.values()), "stages_mb": stages, "weights_mb": weights}
+
+
+def _streamed_mb(manifest: dict, kept: int) -> float:
+    """Resident U-Net weights when streaming with the first `kept` parts loaded throughout; int8 parts count twice
+    (ONNX Runtime's prepacked copy beside the mapped weights, see LowMemComponents)."""
+    factor = 2.0 if manifest.get("precision") == "int8" else 1.0
+    sizes = [p["weight_bytes"] * factor / MIB for p in manifest["components"]["unet"]["parts"]]
+    return sum(sizes[:kept]) + max(sizes[kept:], default=0.0)
 
 
 def _fp16(manifest: dict, comp: str) -> bool:
@@ -187,12 +196,25 @@ def choose(root: Path, manifest: dict, budget_mb: float, h: int, w: int, n: int,
     estimates = {s.name: footprint(root, manifest, s, h, w, n, guidance) for s in ladder}
     for s in ladder:
         if estimates[s.name]["peak_mb"] <= budget_mb:
-            return s, estimates[s.name]
+            return _keep_parts(root, manifest, s, estimates[s.name], budget_mb, (h, w, n, guidance))
     low = smallest(manifest)
     need = estimates[low.name]["peak_mb"]
     raise ShanshuiError(f"--max-memory {format_mb(budget_mb)} is too small for {w}x{h} px with this model: the "
                         f"smallest strategy ({low.name}) needs about {format_mb(need)}; pass --max-memory "
                         f"{_round_up(need)} or more, or a smaller --height/--width")
+
+
+def _keep_parts(root: Path, manifest: dict, s: Strategy, est: dict, budget_mb: float, shape) -> tuple[Strategy, dict]:
+    """A streamed strategy with as many of its first parts kept loaded as the budget has room for (each kept part
+    is one load fewer per step); any other strategy as it is."""
+    if not s.streamed:
+        return s, est
+    for kept in range(len(manifest["components"]["unet"]["parts"]) - 1, 0, -1):
+        more = replace(s, name=f"{s.name}+keep{kept}", kept_parts=kept)
+        more_est = footprint(root, manifest, more, *shape)
+        if more_est["peak_mb"] <= budget_mb:
+            return more, more_est
+    return s, est
 
 
 def _round_up(mb: float) -> str:
@@ -229,20 +251,24 @@ def session_options(comp: str, threads: int | None, lean: bool, basic: bool = Fa
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
         lean_options(opts, prepack)
-        small_heap()
+        small_heap(UNET_MMAP_THRESHOLD if comp == "unet" else MMAP_THRESHOLD)
     return opts
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 256 * 1024
+# the U-Net runs every step: fresh mapped pages for each activation made SD 1.5's int8 U-Net call at 256 px 2.2×
+# slower (4.4 vs 2.0 s) for 195 MB less peak; above this size blocks still come from mmap, below it from the heap,
+# which release_memory() trims when the stage ends
+UNET_MMAP_THRESHOLD = 16 * 2**20
 
 
-def small_heap() -> None:
-    """Blocks of 256 KiB and more straight from mmap, so a freed activation goes back to the system at once (glibc
-    otherwise raises this threshold to the largest block freed, up to 32 MiB, and keeps such blocks in its heap).
-    Measured on the shipped model at 256 px: 167 → 129 MB peak in the smallest mode. Process-wide; glibc only."""
+def small_heap(threshold: int = MMAP_THRESHOLD) -> None:
+    """Blocks of `threshold` bytes and more straight from mmap, so a freed activation goes back to the system at once
+    (glibc otherwise raises this threshold to the largest block freed, up to 32 MiB, and keeps such blocks in its
+    heap). Measured on the shipped model at 256 px: 167 → 129 MB peak in the smallest mode. Process-wide; glibc only."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, int(threshold))
     except (OSError, AttributeError):
         pass
 
@@ -272,6 +298,7 @@ class LowMemComponents(OrtComponents):
         self.providers, self.device = ["CPUExecutionProvider"], "cpu"
         self._ort = ort
         self.sessions: dict = {}
+        self.kept: dict = {}  # streamed: part index -> session kept loaded between steps (Strategy.kept_parts)
         self.dtypes: dict = {}
         self.loads = {c: 0 for c in ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
         self.has_encoder = "vae_encoder" in model.manifest["components"]
@@ -284,6 +311,8 @@ class LowMemComponents(OrtComponents):
                 self._session(comp)
 
     def _session(self, comp: str):
+        if self.strategy.lean:
+            small_heap(UNET_MMAP_THRESHOLD if comp == "unet" else MMAP_THRESHOLD)
         if comp in self.sessions:
             return self.sessions[comp]
         if self.strategy.sequential:
@@ -302,9 +331,10 @@ class LowMemComponents(OrtComponents):
         return sess
 
     def free(self) -> None:
-        """Drop every loaded session and return the memory."""
-        if self.sessions:
+        """Drop every loaded session (kept U-Net parts too) and return the memory."""
+        if self.sessions or self.kept:
             self.sessions.clear()
+            self.kept.clear()
             release_memory()
 
     def resident(self) -> list[str]:
@@ -326,7 +356,10 @@ class LowMemComponents(OrtComponents):
     def _streamed_unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
         """One U-Net call through its parts, each loaded, run and freed; tensors kept only until their last reader."""
         parts = self.model.manifest["components"]["unet"]["parts"]
-        self.free()
+        small_heap(UNET_MMAP_THRESHOLD)
+        if self.sessions:  # the text encoder; kept parts stay
+            self.sessions.clear()
+            release_memory()
         last = {}
         for k, part in enumerate(parts):
             for name in part["inputs"]:
@@ -334,8 +367,12 @@ class LowMemComponents(OrtComponents):
         live = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
         opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
         for k, part in enumerate(parts):
-            path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
-            sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
+            sess = self.kept.get(k)
+            if sess is None:
+                path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
+                sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
+                if k < self.strategy.kept_parts:
+                    self.kept[k] = sess
             feeds = {}
             for i in sess.get_inputs():
                 v = live[i.name]

@@ -95,3 +95,23 @@ def test_int8_parts_hand_over_8_bit_activations_and_paint_the_whole_graphs_image
     normal = open_pipeline(out, threads=2)(req).images[0]
     streamed = open_pipeline(out, threads=2, memory=same_vae)(req).images[0]
     assert psnr(streamed, normal) >= 50.0
+
+
+def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
+    """Each kept part is one load fewer per step; the image is the streamed one, and the parts are freed before
+    the VAE decodes."""
+    from dataclasses import replace
+
+    out, m = split
+    shape = (128, 128, 1, True)
+    streamed = lowmem.BY_NAME["streamed"]
+    est = lowmem.footprint(out, m, streamed, *shape)
+    weights = sum(p["weight_bytes"] for p in m["components"]["unet"]["parts"]) / 2**20
+    kept, kept_est = lowmem._keep_parts(out, m, streamed, est, est["peak_mb"] + weights, shape)
+    assert kept.kept_parts == 3 and kept.name == "streamed+keep3" and kept_est["peak_mb"] > est["peak_mb"]
+    assert lowmem._keep_parts(out, m, streamed, est, est["peak_mb"], shape)[0] == streamed  # no room: none kept
+    req = Request("一棵青松，青山环绕", steps=3, seed=6)
+    plain = open_pipeline(out, threads=2, memory=streamed)(req).images[0]
+    pipe = open_pipeline(out, threads=2, memory=replace(streamed, kept_parts=2))
+    assert psnr(pipe(req).images[0], plain) >= 50.0
+    assert pipe.components.resident() == ["vae_decoder"] and not pipe.components.kept
