@@ -145,11 +145,14 @@ def split_export(src: Path, out: Path, parts: int = 4) -> dict:
         raise ShanshuiError(f"{out} already exists; choose a new folder for the split export")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST)
+    old_parts = {Path(e["file"]).name for e in exported.manifest["components"]["unet"].get("parts") or ()}
+    # an earlier cut's parts are not carried over: new ones are written where they were, never through their links
+    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST or (p.parent.name == "unet" and p.name in old_parts))
     unet = onnx.load(str(exported.onnx_path("unet")), load_external_data=False)  # inline weights come along
     entries = []
     for k, sub in enumerate(split_graph(unet, parts)):
         name = f"part-{k}.onnx"
+        (tmp / "unet" / name).unlink(missing_ok=True)  # a hard link must not be written through
         onnx.save_model(sub, str(tmp / "unet" / name))
         entries.append({"file": f"unet/{name}", "inputs": [i.name for i in sub.graph.input],
                         "outputs": [o.name for o in sub.graph.output],
@@ -158,7 +161,9 @@ def split_export(src: Path, out: Path, parts: int = 4) -> dict:
     unet = m["components"]["unet"]
     unet["parts"] = entries
     sizes, hashes = record_files(tmp / "unet", [Path(e["file"]).name for e in entries])  # checked on load, as the rest
-    unet["files"], unet["sha256"] = {**unet["files"], **sizes}, {**(unet.get("sha256") or {}), **hashes}
+    kept = {k: v for k, v in unet["files"].items() if k not in old_parts}
+    kept_hashes = {k: v for k, v in (unet.get("sha256") or {}).items() if k not in old_parts}
+    unet["files"], unet["sha256"] = {**kept, **sizes}, {**kept_hashes, **hashes}
     write_json_atomic(tmp / MANIFEST, m)
     os.replace(tmp, out)
     return m

@@ -115,3 +115,19 @@ def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
     pipe = open_pipeline(out, threads=2, memory=replace(streamed, kept_parts=2))
     assert psnr(pipe(req).images[0], plain) >= 50.0
     assert pipe.components.resident() == ["vae_decoder"] and not pipe.components.kept
+
+
+def test_cutting_a_cut_export_again_leaves_the_first_one_intact(split, tmp_path):
+    """Part files are hard-linked into the new folder unless the new cut writes them: they were written through
+    their links, which damaged the first export's parts."""
+    from shanshui.integrity import sha256_file
+    from shanshui.spec.manifest import open_exported
+
+    out, m = split
+    before = {e["file"]: sha256_file(out / e["file"]) for e in m["components"]["unet"]["parts"]}
+    again = split_export(out, tmp_path / "two", 2)
+    assert [e["file"] for e in again["components"]["unet"]["parts"]] == ["unet/part-0.onnx", "unet/part-1.onnx"]
+    assert {f: sha256_file(out / f) for f in before} == before
+    open_exported(out)  # sizes and hashes still as written
+    open_exported(tmp_path / "two")
+    assert not (tmp_path / "two" / "unet" / "part-3.onnx").exists()
