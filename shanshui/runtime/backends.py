@@ -88,13 +88,22 @@ class OrtComponents:
         if threads:
             once.intra_op_num_threads, once.inter_op_num_threads = int(threads), 1
         once.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # the text encoder as `once`, without prepacked weights, as every low-memory mode loads it (runtime/lowmem.py):
+        # prepacking changes its output (SD 1.5's fp16 encoder: 72 dB apart), and an int8 U-Net's rounding carries
+        # any such change through every step (21 dB apart in the image); it runs once per image, so speed is moot
+        text = ort.SessionOptions()
+        text.log_severity_level, text.graph_optimization_level = once.log_severity_level, once.graph_optimization_level
+        if threads:
+            text.intra_op_num_threads, text.inter_op_num_threads = int(threads), 1
+        text.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        text.add_session_config_entry("session.disable_prepacking", "1")
         self.sessions = {}
         optional = (VAE_ENCODER,) if VAE_ENCODER in model.manifest["components"] else ()
         for comp in COMPONENTS + optional:
             path = model.onnx_path(comp)
             try:
-                self.sessions[comp] = ort.InferenceSession(str(path), opts if SPINNING[comp] else once,
-                                                           providers=self.providers)
+                chosen = text if comp == TEXT_ENCODER else opts if SPINNING[comp] else once
+                self.sessions[comp] = ort.InferenceSession(str(path), chosen, providers=self.providers)
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
                 raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
 

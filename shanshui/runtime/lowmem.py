@@ -162,8 +162,8 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
     # normal sessions keep the parsed model and prepacked copies beside the initializers: about twice the weights;
     # an fp16 graph on the CPU computes in float32 from float32 copies of its weights (SD 1.5's fp16 text encoder,
     # 246 MB: 570 MB peak in a lean session)
-    resident = {c: wmb * (1.0 if strategy.lean else 2.0) * (2.0 if _fp16(manifest, c) else 1.0)
-                for c, wmb in weights.items()}
+    resident = {c: wmb * (1.0 if strategy.lean and not _prepacked(manifest, c) else 2.0)
+                * (2.0 if _fp16(manifest, c) else 1.0) for c, wmb in weights.items()}
     if strategy.streamed:  # the kept parts, the largest other one, the tensors between parts (skips: ~ the conv term)
         resident["unet"] = _streamed_mb(manifest, strategy.kept_parts)
     if strategy.sequential:
@@ -180,6 +180,11 @@ def _streamed_mb(manifest: dict, kept: int) -> float:
     factor = 2.0 if manifest.get("precision") == "int8" else 1.0
     sizes = [p["weight_bytes"] * factor / MIB for p in manifest["components"]["unet"]["parts"]]
     return sum(sizes[:kept]) + max(sizes[kept:], default=0.0)
+
+
+def _prepacked(manifest: dict, comp: str) -> bool:
+    """Components whose lean sessions keep ONNX Runtime's prepacked weight copy (see LowMemComponents._session)."""
+    return comp == "unet" and manifest.get("precision") == "int8"
 
 
 def _fp16(manifest: dict, comp: str) -> bool:
@@ -319,8 +324,10 @@ class LowMemComponents(OrtComponents):
             self.free()
         path = self.model.onnx_path(comp)
         try:
-            sess = self._ort.InferenceSession(str(path), session_options(comp, self.threads, self.strategy.lean),
-                                              providers=self.providers)
+            # an int8 U-Net prepacked as in the normal mode: its unpacked kernels round otherwise (21 dB apart in the
+            # image at SD 1.5 256 px) and run 2-3× slower
+            opts = session_options(comp, self.threads, self.strategy.lean, prepack=comp == "unet" and not self._float_parts)
+            sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
             raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
         self.sessions[comp] = sess

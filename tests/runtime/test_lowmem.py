@@ -74,7 +74,7 @@ FREE_SCRIPT = textwrap.dedent("""
     comps.unet(np.zeros((2, 4, 32, 32), np.float32), np.full(2, 500.0, np.float32), cond)
     with_unet = rss()
     comps.text_encoder(ids)  # sequential: the U-Net is freed before the text encoder loads
-    print(json.dumps({"with_unet": with_unet, "after": rss()}))
+    print(json.dumps({"with_unet": with_unet, "after": rss(), "resident": comps.resident()}))
 """)
 
 
@@ -86,12 +86,13 @@ def _rss_pair(strategy: str) -> dict:
 
 def test_freeing_a_component_returns_its_memory():
     """In a fresh process: RSS with the U-Net resident, then after the text encoder replaced it. Sequential drops by
-    at least half the U-Net's file (18.8 MB int8); the lean mode with everything resident does not drop."""
+    at least half the U-Net's file (18.8 MB int8; measured 30-40 MB with its prepacked copy); the lean mode keeps
+    every session (its RSS may still fall by the U-Net's freed activations, which the heap hands back)."""
     unet_mb = (default_model_dir() / "unet" / "model.onnx").stat().st_size / 2**20
     seq = _rss_pair("sequential")
-    assert seq["with_unet"] - seq["after"] >= 0.5 * unet_mb, seq
+    assert seq["with_unet"] - seq["after"] >= 0.5 * unet_mb and seq["resident"] == ["text_encoder"], seq
     kept = _rss_pair("lean")
-    assert kept["with_unet"] - kept["after"] < 0.5 * unet_mb, kept
+    assert set(kept["resident"]) == {"text_encoder", "unet", "vae_decoder"}, kept
 
 
 @pytest.fixture(scope="module")
