@@ -201,7 +201,12 @@ def choose(root: Path, manifest: dict, budget_mb: float, h: int, w: int, n: int,
     estimates = {s.name: footprint(root, manifest, s, h, w, n, guidance) for s in ladder}
     for s in ladder:
         if estimates[s.name]["peak_mb"] <= budget_mb:
-            return _keep_parts(root, manifest, s, estimates[s.name], budget_mb, (h, w, n, guidance))
+            est = estimates[s.name]
+            whole = BY_NAME.get(WHOLE_VAE.get(s.name, "")) if s.streamed else None  # untiled, where it fits
+            whole_est = footprint(root, manifest, whole, h, w, n, guidance) if whole else None
+            if whole_est and whole_est["peak_mb"] <= budget_mb:
+                s, est = whole, whole_est
+            return _keep_parts(root, manifest, s, est, budget_mb, (h, w, n, guidance))
     low = smallest(manifest)
     need = estimates[low.name]["peak_mb"]
     raise ShanshuiError(f"--max-memory {format_mb(budget_mb)} is too small for {w}x{h} px with this model: the "

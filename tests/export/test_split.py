@@ -131,3 +131,18 @@ def test_cutting_a_cut_export_again_leaves_the_first_one_intact(split, tmp_path)
     open_exported(out)  # sizes and hashes still as written
     open_exported(tmp_path / "two")
     assert not (tmp_path / "two" / "unet" / "part-3.onnx").exists()
+
+
+def test_a_budget_with_room_for_the_whole_vae_streams_without_tiles(tmp_path):
+    """Tiles cost quality: a budget picks the untiled streamed mode where its estimate fits (shipped model in 4
+    parts at 128 px: streamed 79 MB, untiled 94 MB, every other mode over 130 MB), the tiled one otherwise."""
+    out = tmp_path / "shipped-4"
+    m = split_export(default_model_dir(), out, 4)
+    shape = (128, 128, 1, True)
+    whole = lowmem.footprint(out, m, lowmem.STREAMED_WHOLE_VAE, *shape)["peak_mb"]
+    tiled = lowmem.footprint(out, m, lowmem.BY_NAME["streamed"], *shape)["peak_mb"]
+    assert tiled < whole < min(lowmem.footprint(out, m, s, *shape)["peak_mb"] for s in lowmem.STRATEGIES[:-1])
+    picked, est = lowmem.choose(out, m, whole + 1, *shape)
+    assert picked.streamed and picked.vae_tile is None and est["peak_mb"] <= whole + 1
+    picked, _ = lowmem.choose(out, m, (tiled + whole) / 2, *shape)
+    assert picked.streamed and picked.vae_tile is not None
