@@ -27,6 +27,11 @@ MEMORY_HELP = {
 }
 
 
+PEERS_HELP = ("Peers: diffusers (eager PyTorch, the baseline of the ratios), optimum (builds its own pinned venv on "
+              "first use), sdcpp (stable-diffusion.cpp at q8_0 and f16 on the CPU; compiles its own venv on first "
+              "use), or none.")
+
+
 def bench(
     model: Annotated[Optional[List[str]], typer.Option("--model", "-m", help="Repeatable. A diffusers folder, an export folder, `default` (the shipped model), or an architecture "
              "(`tiny`, `sd15`: random weights made once into the cache; an existing folder of that name wins).")] = None,
@@ -34,9 +39,7 @@ def bench(
     backends: Annotated[str, typer.Option(help="shanshui backends to measure, comma-separated.")] = "onnxruntime,torch,tensorrt",
     precisions: Annotated[str, typer.Option(help="Precisions to measure where a backend has them, comma-separated.")] = "fp32,fp16,int8",
     device: Annotated[Device, typer.Option(help="auto: the CPU, and the GPU when there is one.")] = Device.auto,
-    peers: Annotated[str, typer.Option(help="Peers: diffusers (eager PyTorch, the baseline of the ratios), optimum "
-                                                "(builds its own pinned venv on first use), sdcpp (stable-diffusion.cpp at "
-                                                "q8_0 and f16 on the CPU; compiles its own venv on first use), or none.")] = "diffusers",
+    peers: Annotated[str, typer.Option(help=PEERS_HELP)] = "diffusers",
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps per generation (default 25; --quick: 4).")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
     prompt: Annotated[str, typer.Option(help="The prompt every row paints.")] = DEFAULT_PROMPT,
