@@ -83,8 +83,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _interrupt(args: list[str], cwd: Path, home: Path, ready: str | float, timeout: float = 300):
     """Start the CLI, send SIGINT once stderr shows `ready` (or it has used `ready` CPU seconds); (exit code, stderr)."""
+    # SIGINT at its default in the child: a test run started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt (both tests failed that way, not from load)
     proc = subprocess.Popen([sys.executable, "-m", "shanshui.cli", *args], cwd=cwd, env=cli_env(home),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
