@@ -40,7 +40,8 @@ def lowmem(
     if not (fuse_attention or parts or external_weights):
         raise ShanshuiError("nothing to do: give --fuse-attention, --parts or --external-weights")
     steps = [s for s, on in (("fused", fuse_attention), ("external", external_weights), ("split", parts)) if on]
-    stages = {s: out_dir.with_name(f".{out_dir.name}.{s}") for s in steps[:-1]} | {steps[-1]: out_dir}
+    # stage folders named so that no step's own temp-folder cleanup (`.OUT.*`) takes them for leftovers
+    stages = {s: out_dir.with_name(f".{out_dir.name}-{s}") for s in steps[:-1]} | {steps[-1]: out_dir}
     for folder in list(stages.values())[:-1]:
         shutil.rmtree(folder, ignore_errors=True)
     try:

@@ -10,12 +10,10 @@ its fp16 form 777 → 570 MB. The values are the same bytes, so the images are t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from shanshui.errors import ShanshuiError
-from shanshui.fsutil import link_tree, write_json_atomic
+from shanshui.fsutil import atomic_dir, link_tree, umask, write_json_atomic
 from shanshui.integrity import record_files
 from shanshui.spec.manifest import MANIFEST, open_exported
 
@@ -42,9 +40,7 @@ def externalize_file(src: Path, dst: Path) -> list[str]:
         stale.unlink(missing_ok=True)  # a hard link into the source export is replaced, never written through
     onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
                     size_threshold=SIZE_THRESHOLD)
-    mask = os.umask(0)
-    os.umask(mask)
-    dst.with_name(data).chmod(0o666 & ~mask)  # onnx creates it owner-only; the graph beside it is world-readable
+    dst.with_name(data).chmod(0o666 & ~umask())  # onnx creates it owner-only; the graph beside it is world-readable
     return [dst.name, data]
 
 
@@ -55,12 +51,10 @@ def externalize_export(src: Path, out: Path, min_bytes: int = MIN_INLINE_BYTES) 
     src, out = Path(src), Path(out)
     if out.exists():
         raise ShanshuiError(f"{out} already exists; choose a new folder")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST)
     m = json.loads(json.dumps(exported.manifest))
     done = []
-    try:
+    with atomic_dir(out) as tmp:  # renamed into place when complete, removed if anything fails
+        link_tree(src, tmp, skip=lambda p: p.name == MANIFEST)
         for name, entry in m["components"].items():
             path = exported.onnx_path(name)
             if entry.get("parts") or inline_bytes(path) < max(min_bytes, 1):
@@ -71,7 +65,4 @@ def externalize_export(src: Path, out: Path, min_bytes: int = MIN_INLINE_BYTES) 
             entry["files"], entry["sha256"] = record_files(tmp / name, files)
             done.append(name)
         write_json_atomic(tmp / MANIFEST, m)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # what a failed run left
     return m, done

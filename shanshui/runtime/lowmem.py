@@ -93,12 +93,17 @@ def lowest(root: Path, manifest: dict, h: int, w: int, n: int, guidance: bool = 
     random SD 1.5 weights at 256 px), and where another stage sets the peak they save nothing."""
     low = smallest(manifest)
     est = footprint(root, manifest, low, h, w, n, guidance)
-    whole = BY_NAME.get(WHOLE_VAE.get(low.name, ""))
+    return _whole_vae_if(root, manifest, low, est, est["peak_mb"] * 1.02, (h, w, n, guidance))
+
+
+def _whole_vae_if(root: Path, manifest: dict, s: Strategy, est: dict, limit_mb: float, shape) -> tuple[Strategy, dict]:
+    """`s` with its VAE decoded whole where that variant's estimate is within `limit_mb`; else `s` as it is."""
+    whole = BY_NAME.get(WHOLE_VAE.get(s.name, ""))
     if whole is not None:
-        whole_est = footprint(root, manifest, whole, h, w, n, guidance)
-        if whole_est["peak_mb"] <= est["peak_mb"] * 1.02:
+        whole_est = footprint(root, manifest, whole, *shape)
+        if whole_est["peak_mb"] <= limit_mb:
             return whole, whole_est
-    return low, est
+    return s, est
 
 
 def format_mb(mb: float) -> str:
@@ -177,7 +182,7 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
 def _streamed_mb(manifest: dict, kept: int) -> float:
     """Resident U-Net weights when streaming with the first `kept` parts loaded throughout; int8 parts count twice
     (ONNX Runtime's prepacked copy beside the mapped weights, see LowMemComponents)."""
-    factor = 2.0 if manifest.get("precision") == "int8" else 1.0
+    factor = 2.0 if _prepacked(manifest, "unet") else 1.0
     sizes = [p["weight_bytes"] * factor / MIB for p in manifest["components"]["unet"]["parts"]]
     return sum(sizes[:kept]) + max(sizes[kept:], default=0.0)
 
@@ -201,12 +206,11 @@ def choose(root: Path, manifest: dict, budget_mb: float, h: int, w: int, n: int,
     estimates = {s.name: footprint(root, manifest, s, h, w, n, guidance) for s in ladder}
     for s in ladder:
         if estimates[s.name]["peak_mb"] <= budget_mb:
-            est = estimates[s.name]
-            whole = BY_NAME.get(WHOLE_VAE.get(s.name, "")) if s.streamed else None  # untiled, where it fits
-            whole_est = footprint(root, manifest, whole, h, w, n, guidance) if whole else None
-            if whole_est and whole_est["peak_mb"] <= budget_mb:
-                s, est = whole, whole_est
-            return _keep_parts(root, manifest, s, est, budget_mb, (h, w, n, guidance))
+            shape = (h, w, n, guidance)
+            if s.streamed:  # the VAE whole where the budget has room (tiles cost quality; earlier rungs have no tiles)
+                s, est = _whole_vae_if(root, manifest, s, estimates[s.name], budget_mb, shape)
+                return _keep_parts(root, manifest, s, est, budget_mb, shape)
+            return s, estimates[s.name]
     low = smallest(manifest)
     need = estimates[low.name]["peak_mb"]
     raise ShanshuiError(f"--max-memory {format_mb(budget_mb)} is too small for {w}x{h} px with this model: the "
@@ -261,7 +265,6 @@ def session_options(comp: str, threads: int | None, lean: bool, basic: bool = Fa
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if lean:
         lean_options(opts, prepack)
-        small_heap(UNET_MMAP_THRESHOLD if comp == "unet" else MMAP_THRESHOLD)
     return opts
 
 
@@ -315,7 +318,7 @@ class LowMemComponents(OrtComponents):
         self.scalar_t = False
         # int8 parts: the full level (see session_options) and prepacked weights: an SD 1.5 int8 U-Net at 256 px ran
         # 3.7 s per call without prepacking, 1.5 s with it, for 400 MB more when whole (a part is an eighth of that)
-        self._float_parts = model.manifest.get("precision") != "int8"
+        self._float_parts = not _prepacked(model.manifest, "unet")
         if not strategy.sequential:
             for comp in ("text_encoder", "unet", "vae_decoder"):
                 self._session(comp)
@@ -342,11 +345,12 @@ class LowMemComponents(OrtComponents):
             self.scalar_t = [len(i.shape) for i in sess.get_inputs() if i.name == "timestep"] == [0]
         return sess
 
-    def free(self) -> None:
-        """Drop every loaded session (kept U-Net parts too) and return the memory."""
-        if self.sessions or self.kept:
+    def free(self, parts: bool = True) -> None:
+        """Drop every loaded session (and the kept U-Net parts, unless parts=False) and return the memory."""
+        if self.sessions or (parts and self.kept):
             self.sessions.clear()
-            self.kept.clear()
+            if parts:
+                self.kept.clear()
             release_memory()
 
     def resident(self) -> list[str]:
@@ -369,9 +373,7 @@ class LowMemComponents(OrtComponents):
         """One U-Net call through its parts, each loaded, run and freed; tensors kept only until their last reader."""
         parts = self.model.manifest["components"]["unet"]["parts"]
         small_heap(UNET_MMAP_THRESHOLD)
-        if self.sessions:  # the text encoder; kept parts stay
-            self.sessions.clear()
-            release_memory()
+        self.free(parts=False)  # the text encoder; kept parts stay
         last = {}
         for k, part in enumerate(parts):
             for name in part["inputs"]:
