@@ -183,7 +183,8 @@ def held_out_prompts(n: int) -> list[tuple[str, str, dict[str, set[int]]]]:
 
 def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: float = 5.0, sampler: str = "dpmpp_2m",
                    grid: Path | None = None, backend: str = "auto", progress: Callable[[str], None] = lambda s: None,
-                   classifier: dict | None = None, swap_seeds: int = 6, swap_grid: Path | None = None) -> dict:
+                   classifier: dict | None = None, swap_seeds: int = 6, swap_grid: Path | None = None,
+                   vae_images: int = 300) -> dict:
     """Per-attribute accuracy of generated images next to the classifier's ceiling; VAE PSNR/SSIM; a sample grid;
     the prompt swap (same seeds, prompts differing in one attribute) when swap_seeds > 0."""
 
@@ -210,7 +211,7 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
         "classifier_ceiling": {k: round(v, 3) for k, v in ceiling.items()},
     }
     report["mean_accuracy"] = round(float(np.mean(list(report["attribute_accuracy"].values()))), 3)
-    report["vae"] = vae_reconstruction(pipe)
+    report["vae"] = vae_reconstruction(pipe, vae_images, net)
     if swap_seeds > 0:
         report["prompt_swap"] = prompt_swap(pipe, net, ceiling, seeds=swap_seeds, steps=steps, guidance=guidance, sampler=sampler,
                                             grid=swap_grid, progress=progress)
@@ -223,17 +224,34 @@ def evaluate_model(model: Path, prompts: int = 64, steps: int = 20, guidance: fl
     return report
 
 
-def vae_reconstruction(pipe, n: int = 32) -> dict | None:
-    """PSNR/SSIM of the model's VAE on held-out renders (needs the PyTorch VAE: diffusers folders only)."""
+def vae_reconstruction(pipe, n: int = 300, net=None) -> dict | None:
+    """PSNR/SSIM of the model's VAE on n held-out renders (needs the PyTorch VAE: diffusers folders only); with the
+    attribute classifier `net`, also how well each attribute reads through the VAE (`vae_readability`)."""
 
     vae = getattr(pipe.components, "vae", None)
     if vae is None:
         return None
+    return vae_readability(vae, pipe.components.device, n, net, pipe.default_size[0])
 
-    _, images = _render_set(TEST_BASE, n, pipe.default_size[0])
-    rec = reconstruct(vae, np.stack(images), pipe.components.device)
-    return {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(images, rec)])), 2),
-            "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(images, rec)])), 4), "images": n}
+
+def vae_readability(vae, device, n: int = 300, net=None, size: int = 256) -> dict:
+    """PSNR/SSIM of n held-out renders through the VAE and, with the attribute classifier `net`, its accuracy on the
+    renders and on their reconstructions per attribute: what a VAE loses here no U-Net can paint back (the VAE of
+    the 128 px model read time of day right in 0.70 of reconstructions and style in 0.83, against 1.0 and 1.0 on
+    the renders). Also the mean colour shift (reconstruction − render, RGB levels)."""
+    scenes, images = _render_set(TEST_BASE, n, size)
+    rec = reconstruct(vae, np.stack(images), device)
+    out = {"psnr_db": round(float(np.mean([psnr(a, b) for a, b in zip(images, rec)])), 2),
+           "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(images, rec)])), 4), "images": n}
+    shift = (rec.astype(np.float64) - np.stack(images)).mean(axis=(1, 2))  # (n, 3)
+    out["colour_shift_rgb"] = [round(float(v), 2) for v in shift.mean(0)]
+    out["colour_shift_abs_rgb"] = [round(float(v), 2) for v in np.abs(shift).mean(0)]
+    if net is not None:
+        truth = {k: np.array([labels_of(s)[k] for s in scenes]) for k in attribute_classes()}
+        for name, ims in (("read_renders", images), ("read_reconstructions", list(rec))):
+            pred = predict(net, thumbnails(ims))
+            out[name] = {k: round(float(np.mean(pred[k] == truth[k])), 3) for k in attribute_classes()}
+    return out
 
 
 # Prompt swap: the same seeds painted with prompts that differ in one attribute. Presence attributes are scored only

@@ -30,12 +30,16 @@ def test_held_out_prompts_are_true_to_their_scenes_and_bilingual():
 
 
 def test_small_evaluation_report(tiny_model, tmp_path):
-    report = ev.evaluate_model(tiny_model, prompts=4, steps=2, grid=tmp_path / "grid.png",
+    report = ev.evaluate_model(tiny_model, prompts=4, steps=2, grid=tmp_path / "grid.png", vae_images=8, swap_seeds=0,
                                classifier={"n_train": 64, "n_test": 16, "epochs": 1, "cache": tmp_path / "cache"})
     assert set(report["attribute_accuracy"]) <= set(ev.attribute_classes())
     assert all(0 <= v <= 1 for v in report["attribute_accuracy"].values())
     assert all(0 <= v <= 1 for v in report["classifier_ceiling"].values())
-    assert report["vae"]["images"] == 32 and np.isfinite(report["vae"]["psnr_db"])
+    vae = report["vae"]
+    assert vae["images"] == 8 and np.isfinite(vae["psnr_db"]) and len(vae["colour_shift_rgb"]) == 3
+    assert set(vae["read_renders"]) == set(vae["read_reconstructions"]) == set(ev.attribute_classes())
+    assert all(0 <= v <= 1 for v in vae["read_reconstructions"].values())
+    assert "prompt_swap" not in report  # swap_seeds=0: the swap is its own test below
     assert (tmp_path / "grid.png").is_file() and len(report["grid_prompts"]) == 4
     assert list((tmp_path / "cache").glob("attribute-classifier-*/model.safetensors"))  # cached for the next run
 
