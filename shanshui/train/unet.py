@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from shanshui import limits
+from shanshui.data.captions import phrases
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import atomic_path, drop_load_path, portable_paths, write_json_atomic
 from shanshui.hf import to_tensor
@@ -29,7 +30,7 @@ from shanshui.runtime.tokenizer import open_tokenizer
 from shanshui.spec.contract import ModelDims
 from shanshui.train.arch import ARCHS, build_components, count_parameters, write_model_index
 from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from shanshui.train.common import EMA, LossLog, load_image, lr_at, make_accelerator, read_examples
+from shanshui.train.common import EMA, LossLog, attention_kernel, draw_caption, fused_adamw, load_image, lr_at, make_accelerator, read_examples
 from shanshui.train.text_pretrain import pretrain_text_encoder
 from shanshui.train.tokenizer import build_tokenizer, save_tokenizer
 from shanshui.weights import keys_for, load_strict, save_text_encoder
@@ -57,6 +58,7 @@ class UnetConfig:
     warmup: int = 500
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    fresh_captions: bool = True  # rendered data: a new true caption from the painting's scene at every visit
     min_snr_gamma: float = 5.0  # 0 turns the weighting off
     checkpoint_every: int = 1000
     sample_every: int = 1000
@@ -141,7 +143,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
     device = acc.device
     vae = load_strict(AutoencoderKL, vae_dir, "VAE", use_safetensors=True).to(device).eval().requires_grad_(False)
-    text_encoder, unet, scheduler, tokenizer = _text_and_unet(out, examples, cfg, device, progress)
+    text_encoder, unet, scheduler, tokenizer = _text_and_unet(out, examples, cfg, int(vae.config.latent_channels))
     tok_dir = out / "tokenizer"
     mean, std = _latents(out, vae, examples, cfg, device, lambda i, n: progress and progress("encoding latents", i, n, 0.0))
     if cfg.text_pretrain_steps > 0 and not cfg.init_from and latest_checkpoint(out / "checkpoints") is None:
@@ -153,7 +155,7 @@ def train_unet(data: Path, out: Path, vae_dir: Path, cfg: UnetConfig,
     opt = torch.optim.AdamW([
         {"params": unet.parameters(), "lr": cfg.lr, "scale": 1.0},
         {"params": text_encoder.parameters(), "lr": cfg.lr * cfg.text_lr_scale, "scale": cfg.text_lr_scale},
-    ], lr=cfg.lr, weight_decay=1e-2, betas=(0.9, 0.999))
+    ], lr=cfg.lr, weight_decay=1e-2, betas=(0.9, 0.999), **fused_adamw())
     ema = EMA(modules, cfg.ema_decay)
     start = 0
     ckpt = latest_checkpoint(out / "checkpoints")
@@ -195,9 +197,12 @@ def _check_config(cfg: UnetConfig, vae_dir: Path) -> Path:
     return vae_dir
 
 
-def _text_and_unet(out: Path, examples, cfg: UnetConfig, device, progress):
-    """Fresh (or --init-from) text encoder and U-Net, the scheduler, and the tokenizer of this data set's captions."""
-    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, *cfg.overrides())
+def _text_and_unet(out: Path, examples, cfg: UnetConfig, latent_channels: int):
+    """Fresh (or --init-from) text encoder and U-Net (its input and output as wide as the VAE's latents), the
+    scheduler, and the tokenizer of this data set's captions."""
+    unet_overrides, sched_overrides = cfg.overrides()
+    unet_overrides.update(in_channels=latent_channels, out_channels=latent_channels)
+    text_encoder, unet, _, scheduler = build_components(cfg.arch, cfg.seed, unet_overrides, sched_overrides)
     if scheduler.config.prediction_type == "epsilon" and scheduler.config.get("rescale_betas_zero_snr", False):
         raise ShanshuiError("a zero-terminal-SNR schedule needs v-prediction (ε carries no signal at SNR 0)")
     text_len = text_encoder.config.max_position_embeddings
@@ -206,6 +211,8 @@ def _text_and_unet(out: Path, examples, cfg: UnetConfig, device, progress):
         _init_from(Path(cfg.init_from), text_encoder, unet, tok_dir)
     if not (tok_dir / "tokenizer.json").is_file():  # the vocabulary of this data set's captions
         corpus = [c for e in examples for c in e.captions]
+        if cfg.fresh_captions:  # every wording a fresh caption can use, so none falls to [UNK]
+            corpus += sorted({w for e in examples if e.scene is not None for ph in phrases(e.scene) for w in (*ph.zh, *ph.en)})
         save_tokenizer(build_tokenizer(text_len, text_encoder.config.vocab_size, corpus), tok_dir, text_len)
     return text_encoder, unet, scheduler, open_tokenizer(tok_dir)
 
@@ -223,12 +230,11 @@ def _train_step(step: int, rng, cfg: UnetConfig, acc, text_encoder, unet, opt, e
     lat = (mean[idx].float() + std[idx].float() * torch.from_numpy(rng.standard_normal(mean[idx].shape)).float()) * scale
     flip = torch.from_numpy(rng.random(cfg.batch) < 0.5)
     lat = torch.where(flip[:, None, None, None], lat.flip(-1), lat).to(device)  # (B, C, h, w)
-    caps = [examples[i].captions[rng.integers(len(examples[i].captions))] if rng.random() >= cfg.caption_dropout else ""
-            for i in idx]
+    caps = [draw_caption(examples[i], rng, cfg.fresh_captions) if rng.random() >= cfg.caption_dropout else "" for i in idx]
     ids = torch.from_numpy(tokenizer(caps)[0]).to(device)  # (B, L)
     noise = torch.from_numpy(rng.standard_normal(lat.shape)).float().to(device)
     t = torch.from_numpy(rng.integers(0, len(alphas_cumprod), cfg.batch)).to(device)
-    with acc.autocast():
+    with acc.autocast(), attention_kernel(device):
         loss = diffusion_loss(text_encoder, unet, lat, ids, noise, t, alphas_cumprod, cfg.min_snr_gamma, prediction_type)
     acc.backward(loss)
     acc.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
