@@ -23,6 +23,9 @@ ABLATIONS = {  # name → UnetConfig overrides
     "pooled_text": dict(prediction_type="epsilon", zero_snr=False, text_time_embed=True, text_pretrain_steps=0),
     "text_pretrain": dict(prediction_type="epsilon", zero_snr=False, text_time_embed=False, text_pretrain_steps=300),
     "all": dict(prediction_type="v_prediction", zero_snr=True, text_time_embed=True, text_pretrain_steps=300),
+    # the captions: a new true caption drawn from each rendered painting's scene at every visit, or the two it has
+    "fresh_captions": dict(text_pretrain_steps=300, fresh_captions=True),
+    "stored_captions": dict(text_pretrain_steps=300, fresh_captions=False),
 }
 
 
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=4e-4)
     args = ap.parse_args()
 
     from shanshui.runtime.pipeline import open_pipeline
@@ -47,7 +51,7 @@ def main() -> None:
     shared = args.root / f"latents-{args.size}.safetensors"
     if shared.is_file() and not (out / "latents.safetensors").is_file():
         shutil.copy2(shared, out / "latents.safetensors")
-    cfg = UnetConfig(size=args.size, batch=args.batch, steps=args.steps, lr=4e-4, warmup=100, sample_every=0,
+    cfg = UnetConfig(size=args.size, batch=args.batch, steps=args.steps, lr=args.lr, warmup=100, sample_every=0,
                      checkpoint_every=args.steps, **ABLATIONS[args.name])
     t0 = time.perf_counter()
     train_unet(args.data, out, args.vae, cfg)

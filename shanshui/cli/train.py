@@ -44,10 +44,13 @@ def vae(
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 4e-4,
     mixed_precision: Annotated[MixedPrecision, typer.Option(help="On CUDA, and on CPUs with bf16 instructions (AVX512_BF16/AMX); other CPUs train in fp32.")] = MixedPrecision.bf16,
     seed: Annotated[int, typer.Option()] = 0,
+    colour_weight: Annotated[float, typer.Option(help="Weight of the colour term (MSE of 8×8-pooled images: tone and tint).")] = VaeConfig.colour_weight,
+    edge_weight: Annotated[float, typer.Option(help="Weight of the edge term (L1 of image gradients: ink lines).")] = VaeConfig.edge_weight,
 ):
     """Train the VAE (AutoencoderKL, 8× downsampling); reports held-out PSNR/SSIM."""
 
-    cfg = VaeConfig(steps=steps, batch=batch, crop=crop, size=size, lr=lr, mixed_precision=mixed_precision.value, seed=seed)
+    cfg = VaeConfig(steps=steps, batch=batch, crop=crop, size=size, lr=lr, mixed_precision=mixed_precision.value, seed=seed,
+                    colour_weight=colour_weight, edge_weight=edge_weight)
     with _progress() as p:
         task = p.add_task("training VAE", total=steps, loss=0.0)
         report = train_vae(data, out, cfg, progress=lambda i, n, loss: p.update(task, completed=i, loss=loss))
@@ -77,6 +80,7 @@ def unet(
     prediction_type: Annotated[Optional[PredictionType], typer.Option(help="Override the architecture's prediction type (ablations).")] = None,
     zero_snr: Annotated[Optional[bool], typer.Option("--zero-snr/--no-zero-snr", help="Override the architecture's zero-terminal-SNR schedule.")] = None,
     text_time_embed: Annotated[Optional[bool], typer.Option("--text-time-embed/--no-text-time-embed", help="Override the architecture's pooled text embedding in the time embedding.")] = None,
+    fresh_captions: Annotated[bool, typer.Option("--fresh-captions/--stored-captions", help="Rendered data: draw a new true caption from each painting's scene at every visit, or use the captions stored with it.")] = True,
 ):
     """Train text encoder + U-Net jointly with the DDPM objective; writes a diffusers pipeline folder."""
 
@@ -85,7 +89,7 @@ def unet(
                      text_lr_scale=text_lr_scale, text_pretrain_steps=text_pretrain_steps, warmup=warmup, ema_decay=ema_decay,
                      init_from=str(init_from) if init_from else None,
                      prediction_type=prediction_type.value if prediction_type else None, zero_snr=zero_snr,
-                     text_time_embed=text_time_embed)
+                     text_time_embed=text_time_embed, fresh_captions=fresh_captions)
     with _progress() as p:
         tasks: dict = {}
 

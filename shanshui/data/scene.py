@@ -119,3 +119,22 @@ def scene_seed(base_seed: int, index: int) -> int:
     ss = np.random.SeedSequence([int(base_seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF, 0xDA7A])
     state = ss.generate_state(2, dtype=np.uint32)  # (2,) uint32
     return (int(state[0]) << 16) | (int(state[1]) & 0xFFFF)
+
+
+def scene_from_attributes(attrs: dict | None) -> Scene | None:
+    """The Scene a data set's metadata line describes (`Scene.attributes()` read back), or None when `attrs` is not
+    one (a user's folder, an older or edited file): every field present, of its vocabulary, nothing else."""
+    if not isinstance(attrs, dict) or set(attrs) != set(Scene.__dataclass_fields__):
+        return None
+    trees = attrs["trees"]
+    if not isinstance(trees, dict) or not all(k in TREE_KINDS and type(n) is int and n >= 1 for k, n in trees.items()):
+        return None
+    vocab = {"fmt": FORMATS, "style": STYLES, "season": SEASONS, "time": TIMES, "peak_shape": PEAK_SHAPES,
+             "main_side": SIDES, "mist": MISTS, "water": WATERS, "building": BUILDINGS}
+    if not all(attrs[k] in v for k, v in vocab.items()):
+        return None
+    try:
+        scene = Scene(**{**attrs, "trees": tuple((k, trees[k]) for k in TREE_KINDS if k in trees)})
+    except TypeError:
+        return None
+    return scene if scene.attributes() == attrs else None

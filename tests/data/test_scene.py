@@ -46,3 +46,18 @@ def test_scene_seeds_are_stable_and_distinct():
     assert len(set(seeds)) == 1000
     assert seeds[:3] == [sc.scene_seed(0, i) for i in range(3)]
     assert sc.scene_seed(1, 0) != sc.scene_seed(0, 0)
+
+
+def test_scene_reads_back_from_its_metadata_attributes():
+
+
+    from shanshui.data.scene import sample_scene, scene_from_attributes
+
+    for seed in range(40):
+        scene = sample_scene(seed)
+        attrs = json.loads(json.dumps(scene.attributes()))  # as a metadata.jsonl line holds them
+        assert scene_from_attributes(attrs) == scene
+    good = sample_scene(3).attributes()
+    for bad in ({**good, "time": "noon"}, {**good, "trees": {"oak": 2}}, {k: v for k, v in good.items() if k != "mist"},
+                {**good, "extra": 1}, {**good, "trees": {"pine": "2"}}, None, "scene"):
+        assert scene_from_attributes(bad) is None, bad

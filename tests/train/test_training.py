@@ -188,3 +188,29 @@ def test_resume_refuses_corrupt_and_pickle_checkpoints(tmp_path):
         load_checkpoint(ckpt, {"m": fresh}, fresh_opt)
     with pytest.raises(ShanshuiError, match="pickle"):
         load_checkpoint(ckpt / "m.pt", {"m": fresh}, fresh_opt)
+
+
+def test_fresh_captions_are_true_of_the_rendered_scene(tmp_path):
+    """Rendered data: each visit draws a new caption from the painting's scene; other folders keep their own."""
+    from shanshui.data.captions import captionable
+    from shanshui.data.dataset import render_dataset
+    from shanshui.eval.evaluate import targets_of, labels_of
+    from shanshui.train.common import draw_caption, read_examples
+
+    render_dataset(tmp_path / "data", count=3, size=64, seed=0, workers=1)
+    examples = read_examples(tmp_path / "data")
+    assert all(e.scene is not None for e in examples)
+    rng = np.random.default_rng(0)
+    for e in examples:
+        fresh = {draw_caption(e, rng, True) for _ in range(30)}
+        assert len(fresh) > 10 and any(c and "\u4e00" <= c[0] <= "\u9fff" for c in fresh)  # varied, both languages
+        assert {draw_caption(e, rng, False) for _ in range(30)} <= set(e.captions)
+    # every fact a fresh caption can state is one the scene's own phrases state
+    from shanshui.data.captions import caption_with_keys
+
+    scene = examples[0].scene
+    for i in range(30):
+        _, keys = caption_with_keys(scene, "en", np.random.default_rng(i))
+        assert keys <= captionable(scene)
+        labels = labels_of(scene)
+        assert all(labels[k] in allowed for k, allowed in targets_of(keys, scene).items())
