@@ -1,7 +1,9 @@
 """`shanshui train vae`: an AutoencoderKL (8× downsampling) trained on random crops of the paintings.
 
-Loss: L1 + MSE reconstruction + a small KL term. At the end the latent scaling factor is set to 1/std of the
-latents (so the U-Net sees unit-variance inputs) and reconstruction PSNR/SSIM on held-out images is reported.
+Loss: L1 + MSE reconstruction, a colour term (MSE of 8×8-pooled images: the tone and tint a painting's style, season
+and time of day are read from, which pixel losses on crops leave to drift) and an edge term (L1 of the image
+gradients: ink lines), plus a small KL term. At the end the latent scaling factor is set to 1/std of the latents (so
+the U-Net sees unit-variance inputs) and reconstruction PSNR/SSIM on held-out images is reported.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from shanshui.metrics import psnr, ssim
 from shanshui.runtime.image import save_grid
 from shanshui.train.arch import build_components
 from shanshui.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from shanshui.train.common import LossLog, load_image, lr_at, make_accelerator, read_examples
+from shanshui.train.common import LossLog, fused_adamw, load_image, lr_at, make_accelerator, read_examples
 
 
 @dataclass
@@ -33,6 +35,14 @@ class VaeConfig:
     lr: float = 4e-4
     warmup: int = 100
     kl_weight: float = 1e-6
+    colour_weight: float = 2.0  # MSE of 8×8 average-pooled images
+    edge_weight: float = 0.5  # L1 of horizontal and vertical differences
+    norm_groups: int | None = None  # GroupNorm groups (None: the architecture's); for ablations
+    latent_channels: int | None = None  # likewise
+
+    def overrides(self) -> dict:
+        """AutoencoderKL config overrides for build_components."""
+        return {k: v for k, v in (("norm_num_groups", self.norm_groups), ("latent_channels", self.latent_channels)) if v}
     held_out: int = 32  # images kept out of training, for the PSNR/SSIM report
     max_images: int = 4000  # images held in memory
     checkpoint_every: int = 500
@@ -60,14 +70,20 @@ def latent_std(vae, images: np.ndarray, device, batch: int = 16) -> float:
     return float(torch.cat(lat).std())
 
 
-def vae_loss(vae, batch, kl_weight: float):
-    """L1 + MSE reconstruction of batch (B, 3, H, W) in [-1, 1] through a sampled latent, plus kl_weight · KL."""
+def vae_loss(vae, batch, kl_weight: float, colour_weight: float = 0.0, edge_weight: float = 0.0):
+    """L1 + MSE reconstruction of batch (B, 3, H, W) in [-1, 1] through a sampled latent, + colour_weight · MSE of
+    8×8-pooled images + edge_weight · L1 of image gradients + kl_weight · KL."""
+    import torch.nn.functional as F
+
     post = vae.encode(batch).latent_dist
     rec = vae.decode(post.sample()).sample.float()  # (B, 3, H, W)
-    l1 = (rec - batch).abs().mean()
-    mse = ((rec - batch) ** 2).mean()
+    diff = rec - batch
+    l1, mse = diff.abs().mean(), (diff**2).mean()
+    colour = (F.avg_pool2d(diff, 8) ** 2).mean()  # (B, 3, H/8, W/8): tone and tint, not detail
+    edge = (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean()) / 2
     kl = post.kl().mean()
-    return l1 + mse + kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    loss = l1 + mse + colour_weight * colour + edge_weight * edge + kl_weight * kl
+    return loss, {"l1": l1.item(), "mse": mse.item(), "colour": colour.item(), "edge": edge.item(), "kl": kl.item()}
 
 
 def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
@@ -83,9 +99,9 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
     train = load_images([e.image for e in examples[cfg.held_out : cfg.held_out + cfg.max_images]], cfg.size)
 
     acc = make_accelerator(cfg.mixed_precision, cfg.seed)
-    _, _, vae, _ = build_components(cfg.arch, cfg.seed)
+    _, _, vae, _ = build_components(cfg.arch, cfg.seed, vae_overrides=cfg.overrides())
     vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99), **fused_adamw())
     start = 0
     ckpt = latest_checkpoint(out / "checkpoints")
     if ckpt is not None:
@@ -103,7 +119,7 @@ def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, in
         crop = np.where(flip[:, None, None, None], crop[:, :, ::-1], crop)
         batch = to_tensor(np.ascontiguousarray(crop)).to(acc.device)
         with acc.autocast():
-            loss, parts = vae_loss(acc.unwrap_model(vae), batch, cfg.kl_weight)
+            loss, parts = vae_loss(acc.unwrap_model(vae), batch, cfg.kl_weight, cfg.colour_weight, cfg.edge_weight)
         acc.backward(loss)
         acc.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
