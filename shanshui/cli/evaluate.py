@@ -40,7 +40,11 @@ def eval_(
             typer.echo(f"  {name}: {c['holds']} of {c['of']}")
         typer.echo(f"  U-Net conditional effect |out(c) − out(u)| / |out(u)|: {sw['effect_size']}")
     if report["vae"]:
-        typer.echo(f"VAE reconstruction: PSNR {report['vae']['psnr_db']} dB, SSIM {report['vae']['ssim']}")
+        vae = report["vae"]
+        typer.echo(f"VAE reconstruction: PSNR {vae['psnr_db']} dB, SSIM {vae['ssim']}, colour shift {vae['colour_shift_rgb']} (RGB)")
+        if "read_reconstructions" in vae:
+            typer.echo("attributes read on renders → through the VAE: " + ", ".join(
+                f"{k} {vae['read_renders'][k]:.2f}→{v:.2f}" for k, v in vae["read_reconstructions"].items()))
     if json_out:
         write_json_atomic(json_out, report)
         typer.echo(f"wrote {json_out}")

@@ -73,17 +73,22 @@ def latent_std(vae, images: np.ndarray, device, batch: int = 16) -> float:
 def vae_loss(vae, batch, kl_weight: float, colour_weight: float = 0.0, edge_weight: float = 0.0):
     """L1 + MSE reconstruction of batch (B, 3, H, W) in [-1, 1] through a sampled latent, + colour_weight · MSE of
     8×8-pooled images + edge_weight · L1 of image gradients + kl_weight · KL."""
-    import torch.nn.functional as F
-
     post = vae.encode(batch).latent_dist
     rec = vae.decode(post.sample()).sample.float()  # (B, 3, H, W)
-    diff = rec - batch
-    l1, mse = diff.abs().mean(), (diff**2).mean()
-    colour = (F.avg_pool2d(diff, 8) ** 2).mean()  # (B, 3, H/8, W/8): tone and tint, not detail
-    edge = (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean()) / 2
+    t = reconstruction_terms(rec, batch)
     kl = post.kl().mean()
-    loss = l1 + mse + colour_weight * colour + edge_weight * edge + kl_weight * kl
-    return loss, {"l1": l1.item(), "mse": mse.item(), "colour": colour.item(), "edge": edge.item(), "kl": kl.item()}
+    loss = t["l1"] + t["mse"] + colour_weight * t["colour"] + edge_weight * t["edge"] + kl_weight * kl
+    return loss, {**{k: v.item() for k, v in t.items()}, "kl": kl.item()}
+
+
+def reconstruction_terms(rec, target) -> dict:
+    """l1, mse, colour (MSE of the 8×8-pooled difference: tone and tint, not detail) and edge (L1 of the difference's
+    horizontal and vertical steps) between (B, 3, H, W) tensors."""
+    import torch.nn.functional as F
+
+    diff = rec - target
+    return {"l1": diff.abs().mean(), "mse": (diff**2).mean(), "colour": (F.avg_pool2d(diff, 8) ** 2).mean(),
+            "edge": (diff.diff(dim=-1).abs().mean() + diff.diff(dim=-2).abs().mean()) / 2}
 
 
 def train_vae(data: Path, out: Path, cfg: VaeConfig, progress: Callable[[int, int, float], None] | None = None) -> dict:
