@@ -4,8 +4,13 @@ Calibration inputs are recorded from fp32 sampler runs over a prompt set: every 
 guidance branches in the batch. What runs in int8 is decided by measurement: each candidate layer's own int8 error
 is measured in isolation (sensitivity.py) and layers below `min_layer_snr_db` stay float. Only layers with constant
 weights are candidates (Conv, MatMul, Gemm): attention's activation×activation products, normalisations and
-softmax stay float, as do conv_in, conv_out and the time embedding. The QDQ graph is explicit quantization, which
-TensorRT consumes as is; ONNX Runtime fuses it into integer kernels.
+softmax stay float, as do conv_in, conv_out, the time embedding and each resnet's projection of it
+(`time_emb_proj`: a Gemm on one vector per image, no measurable compute). That projection decides what holds for the
+whole picture: with it in int8, the 256 px model of issue 12 painted a prompt that names no format as a handscroll
+instead of fp32's hanging scroll (17.3 dB), although every layer alone measured >= 26.8 dB and 11 or 31 more float
+layers did not help; float, the gate passed at 31.7 dB worst. (The pooled-text `add_embedding` stays a candidate:
+float, it did not fix the flip, and its float MatMuls made batch-1 and batch-2 runs differ by 38 dB.)
+The QDQ graph is explicit quantization, which TensorRT consumes as is; ONNX Runtime fuses it into integer kernels.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from shanshui.spec.contract import ENCODER_HIDDEN_STATES, INPUT_IDS, LATENT_SAMP
 from shanshui.spec.contract import ALL_COMPONENTS, VAE_DECODER, VAE_ENCODER
 
 MIN_LAYER_SNR_DB = 25.0  # a layer whose own int8 output SNR is below this stays float (typical layers: 35-45 dB)
-ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj")  # name fragments of float layers
+ALWAYS_FLOAT = ("/conv_in/", "/conv_out/", "/time_embedding/", "/time_proj", "/time_emb_proj/")  # name fragments
 
 
 def cpu_has_vnni() -> bool:
