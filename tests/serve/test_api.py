@@ -115,7 +115,8 @@ def test_info_endpoints(client, shipped_pipe):
         assert path in schema["paths"], path
     config = client.get("/api/config").json()
     shapes = {p["key"]: (p["width"], p["height"]) for p in config["presets"]}
-    assert shapes["tall"] == (192, 384) and shapes["wide"] == (384, 192) and config["img2img"] is False
+    assert shapes["tall"] == (192, 384) and shapes["wide"] == (384, 192)
+    assert config["img2img"] is True  # the shipped export carries its VAE encoder: image-to-image without torch
     page = client.get("/")
     assert page.status_code == 200 and "/static/page.js" in page.text and "https://" not in page.text
     for text in (json.dumps(samplers), json.dumps(models), json.dumps(config), json.dumps(health)):
@@ -243,7 +244,39 @@ def test_request_timeout_stops_the_job(shipped_pipe):
     app.state.painter.close()
 
 
-def test_img2img_needs_an_encoder(client):
+@pytest.fixture(scope="module")
+def encoderless_client(tmp_path_factory):
+    """The shipped export as exports made before vae_encoder existed: no encoder folder, none in the manifest."""
+    import shutil
+
+    from shanshui.models import DEFAULT_ONNX
+    from shanshui.runtime.pipeline import open_pipeline
+    from shanshui.spec.manifest import MANIFEST
+
+    root = tmp_path_factory.mktemp("old-export") / "onnx"
+    shutil.copytree(DEFAULT_ONNX, root, ignore=shutil.ignore_patterns("vae_encoder"))
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    del manifest["components"]["vae_encoder"]
+    (root / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    pipe = open_pipeline(root, threads=1)
+    assert not pipe.components.has_encoder
+    app = create_app(pipe)
+    with TestClient(app) as c:
+        yield c
+    app.state.painter.close()
+
+
+def test_img2img_on_the_shipped_export(client):
+    init = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **TINY, "seed": 3}).json()["images"][0]
+    r = client.post("/sdapi/v1/img2img", json={"prompt": "明月当空，青山环绕", **TINY, "seed": 3, "init_images": [init],
+                                               "denoising_strength": 0.6})
+    assert r.status_code == 200, r.text
+    assert png(r.json()["images"][0]).size == (64, 64)
+
+
+def test_img2img_needs_an_encoder(encoderless_client):
+    client = encoderless_client
+    assert client.get("/api/config").json()["img2img"] is False
     init = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **TINY}).json()["images"][0]
     r = client.post("/sdapi/v1/img2img", json={"prompt": PROMPT, **TINY, "init_images": [init]})
     assert r.status_code == 422 and "no VAE encoder" in r.json()["detail"]
