@@ -39,15 +39,15 @@ class VaeConfig:
     edge_weight: float = 0.5  # L1 of horizontal and vertical differences
     norm_groups: int | None = None  # GroupNorm groups (None: the architecture's); for ablations
     latent_channels: int | None = None  # likewise
-
-    def overrides(self) -> dict:
-        """AutoencoderKL config overrides for build_components."""
-        return {k: v for k, v in (("norm_num_groups", self.norm_groups), ("latent_channels", self.latent_channels)) if v}
     held_out: int = 32  # images kept out of training, for the PSNR/SSIM report
     max_images: int = 4000  # images held in memory
     checkpoint_every: int = 500
     mixed_precision: str = "bf16"
     seed: int = 0
+
+    def overrides(self) -> dict:
+        """AutoencoderKL config overrides for build_components."""
+        return {k: v for k, v in (("norm_num_groups", self.norm_groups), ("latent_channels", self.latent_channels)) if v}
 
 
 def _check(cfg: VaeConfig) -> None:
