@@ -12,6 +12,7 @@ from shanshui.export.attention import fuse_export
 from shanshui.export.external import externalize_export
 from shanshui.spec.manifest import open_exported
 from shanshui.export.split import split_export
+from shanshui.export.vae_segments import segment_export
 
 
 def lowmem(
@@ -23,6 +24,9 @@ def lowmem(
                                       "(load, run, free each part every step); 0 keeps it whole."),
     external_weights: bool = typer.Option(True, "--external-weights/--inline-weights", help="Each graph's weights "
                                           "in a file beside it, which ONNX Runtime maps instead of copying."),
+    vae_segments: bool = typer.Option(True, "--vae-segments/--no-vae-segments", help="Cut the VAE decoder at its "
+                                      "group norms, so `--low-memory` decodes in small tiles that match the whole "
+                                      "decode (each norm fed the whole image's statistics)."),
 ):
     """Make a low-memory export: fused attention and a U-Net cut into parts, for `generate --low-memory`."""
     exported = open_exported(export_dir)  # a bad folder fails before anything is written
@@ -37,9 +41,10 @@ def lowmem(
         raise ShanshuiError(f"{out_dir} already exists; choose a new folder")
     if parts != 0 and not 2 <= parts <= 64:
         raise ShanshuiError(f"--parts must be 0 (whole) or between 2 and 64, got {parts}")
-    if not (fuse_attention or parts or external_weights):
-        raise ShanshuiError("nothing to do: give --fuse-attention, --parts or --external-weights")
-    steps = [s for s, on in (("fused", fuse_attention), ("external", external_weights), ("split", parts)) if on]
+    if not (fuse_attention or parts or external_weights or vae_segments):
+        raise ShanshuiError("nothing to do: give --fuse-attention, --parts, --external-weights or --vae-segments")
+    steps = [s for s, on in (("fused", fuse_attention), ("external", external_weights), ("split", parts),
+                             ("segments", vae_segments)) if on]
     # stage folders named so that no step's own temp-folder cleanup (`.OUT.*`) takes them for leftovers
     stages = {s: out_dir.with_name(f".{out_dir.name}-{s}") for s in steps[:-1]} | {steps[-1]: out_dir}
     for folder in list(stages.values())[:-1]:
@@ -55,9 +60,14 @@ def lowmem(
             typer.echo(f"  weights beside the graph: {', '.join(moved) or 'all were already'}", err=True)
             src = stages["external"]
         if parts:
-            m = split_export(src, out_dir, parts)
+            m = split_export(src, stages["split"], parts)
             sizes = [p["weight_bytes"] / 2**20 for p in m["components"]["unet"]["parts"]]
             typer.echo(f"  U-Net in {len(sizes)} parts of {min(sizes):.0f}–{max(sizes):.0f} MB", err=True)
+            src = stages["split"]
+        if vae_segments:
+            m = segment_export(src, stages["segments"])
+            segs = m["components"]["vae_decoder"]["segments"]
+            typer.echo(f"  VAE decoder in {len(segs)} segments ({sum(s['tiled'] for s in segs)} run in tiles)", err=True)
     finally:
         for folder in list(stages.values())[:-1]:
             shutil.rmtree(folder, ignore_errors=True)

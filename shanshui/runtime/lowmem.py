@@ -4,7 +4,8 @@
                 allocator (so they are freed with the session); external weight files memory-mapped by ORT
     sequential  load → run → free per component (text encoder, then U-Net, then VAE decoder): at most one resident
     split       the guidance batch (uncond, cond) run as two U-Net calls of one image each: half the activations
-    tiled VAE   the VAE decoder over overlapping latent tiles, blended (see vae_tiling.py)
+    tiled VAE   the VAE decoder in tiles: exact where the export's decoder is cut at its group norms (`shanshui
+                lowmem`, see vae_segments.py), else over overlapping tiles, blended (see vae_tiling.py)
 
 STRATEGIES lists them from fastest to smallest; `--max-memory` picks the first whose estimated peak fits the budget
 (estimated from file sizes and shapes, before anything is loaded); `--low-memory` is the last one. Torch-free.
@@ -24,6 +25,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.integrity import inside
 from shanshui.runtime.backends import ORT_DTYPES, SPINNING, OrtComponents
+from shanshui.runtime.vae_segments import decode_segmented
 from shanshui.runtime.vae_tiling import decode_tiled, tiling
 from shanshui.spec.manifest import read_manifest
 
@@ -32,6 +34,9 @@ BASE_MB = 60.0  # the interpreter, NumPy, ONNX Runtime and the tokenizer, before
 
 
 VAE_TILE = 0.65  # of the latent side: two tiles per side, overlapping by a third of a tile
+# exact tiles (an export with VAE segments): a fixed side in latent pixels, so the decoder's peak is one 128 × 128 px
+# tile's whatever the image size (SD 1.5 fp32 at 256 px: 2 × 2 tiles 1.16×, 4 × 4 tiles 1.44× the whole decode's time)
+EXACT_TILE = 16
 
 
 def tile_side(strategy_tile: float, h: int, w: int) -> int:
@@ -162,7 +167,7 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
         "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2,
                                      fused=bool(manifest["components"]["unet"].get("attention"))),
         "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n)
-        * (_tile_fraction(lh, lw, tile_side(strategy.vae_tile, lh, lw)) if strategy.vae_tile else 1.0),
+        * (_tile_fraction(lh, lw, strategy.vae_tile, manifest) if strategy.vae_tile else 1.0),
     }
     # normal sessions keep the parsed model and prepacked copies beside the initializers: about twice the weights;
     # an fp16 graph on the CPU computes in float32 from float32 copies of its weights (SD 1.5's fp16 text encoder,
@@ -196,7 +201,12 @@ def _fp16(manifest: dict, comp: str) -> bool:
     return manifest.get("quantization", {}).get(comp, {}).get("precision", manifest.get("precision")) == "fp16"
 
 
-def _tile_fraction(lh: int, lw: int, tile: int) -> float:
+def _tile_fraction(lh: int, lw: int, vae_tile: float, manifest: dict) -> float:
+    """The share of the whole decode's activations one tile holds: exact tiles (a segmented decoder) plus a border
+    of a latent pixel, else the blended tiles of vae_tiling.py."""
+    if manifest["components"]["vae_decoder"].get("segments"):
+        return min(1.0, (min(EXACT_TILE, lh) + 1) / lh) * min(1.0, (min(EXACT_TILE, lw) + 1) / lw)
+    tile = tile_side(vae_tile, lh, lw)
     return tiling(lh, tile, tile // 3)[0] / lh * tiling(lw, tile, tile // 3)[0] / lw
 
 
@@ -404,6 +414,9 @@ class LowMemComponents(OrtComponents):
         return live["out_sample"]
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
+        segments = self.model.manifest["components"]["vae_decoder"].get("segments")
+        if self.strategy.vae_tile is not None and segments:
+            return self._segmented_vae(z, segments)
         self._session("vae_decoder")
         decode = super().vae_decoder
         if self.strategy.vae_tile is None:
@@ -411,6 +424,29 @@ class LowMemComponents(OrtComponents):
         scale = int(self.model.manifest["dims"]["vae_scale"])
         tile = tile_side(self.strategy.vae_tile, z.shape[2], z.shape[3])
         return np.concatenate([decode_tiled(decode, z[i:i + 1], scale, tile) for i in range(len(z))])
+
+    def _segmented_vae(self, z: np.ndarray, segments: list[dict]) -> np.ndarray:
+        """The decoder's segments, each loaded once, run over every tile and freed (vae_segments.py): exact tiles."""
+        small_heap(MMAP_THRESHOLD)
+        self.free()
+        opts = session_options("vae_decoder", self.threads, True)
+
+        def load(k: int):
+            seg = segments[k]
+            path = inside(self.model.root, seg["file"], "VAE decoder segment")  # listed in files: hashed when opened
+            sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
+            types = {i.name: ORT_DTYPES.get(i.type, np.float32) for i in sess.get_inputs()}
+
+            def run(feeds: dict) -> dict:
+                feeds = {n: np.asarray(v).astype(types.get(n, v.dtype), copy=False) for n, v in feeds.items()}
+                outs = sess.run(seg["outputs"], feeds)
+                return dict(zip(seg["outputs"], outs))
+            return run
+
+        image = decode_segmented(load, segments, np.asarray(z), EXACT_TILE)
+        self.loads["vae_decoder"] += 1
+        release_memory()
+        return image.astype(np.float32, copy=False)
 
     def vae_encoder(self, image: np.ndarray) -> np.ndarray:
         self._session("vae_encoder")
