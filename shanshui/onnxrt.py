@@ -24,9 +24,15 @@ def session_options(threads: int | None = None, spinning: bool = True, optimize:
     return opts
 
 
-def ort_session(model, providers=CPU, threads: int | None = None, spinning: bool = True, optimize: bool = True):
-    """An InferenceSession over a path or serialized model bytes."""
+def ort_session(model, providers=CPU, threads: int | None = None, spinning: bool = True, optimize: bool = True,
+                small: bool = False):
+    """An InferenceSession over a path or serialized model bytes. small: no CPU arena or pre-planned memory pattern,
+    so a large graph's activations go back to the system after each run (same kernels, same results)."""
     import onnxruntime as ort
 
     model = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(model, session_options(threads, spinning, optimize), providers=list(providers))
+    opts = session_options(threads, spinning, optimize)
+    if small:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+    return ort.InferenceSession(model, opts, providers=list(providers))

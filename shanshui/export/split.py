@@ -63,9 +63,12 @@ def _units(nodes, inits) -> list[list]:
     return [rest + units[0]] + units[1:] if units else [rest]
 
 
-def _cuts(units, sizes: dict[str, int], parts: int) -> list[int]:
-    """Unit indices where parts begin: cumulative weight bytes split into `parts` about equal shares."""
-    per_unit = [sum(sizes.get(i, 0) for n in u for i in n.input) for u in units]
+def _cuts(units, sizes: dict[str, int], parts: int, made: dict[str, int] | None = None) -> list[int]:
+    """Unit indices where parts begin: cumulative weight bytes (plus, given `made`, the bytes of the tensors each
+    unit makes) split into `parts` about equal shares."""
+    made = made or {}
+    per_unit = [sum(sizes.get(i, 0) for n in u for i in n.input) + sum(made.get(o, 0) for n in u for o in n.output)
+                for u in units]
     total = sum(per_unit) or 1
     starts, acc = [0], 0
     for i, b in enumerate(per_unit):
@@ -75,8 +78,38 @@ def _cuts(units, sizes: dict[str, int], parts: int) -> list[int]:
     return starts
 
 
-def split_graph(model, parts: int) -> list:
-    """`parts` ModelProtos running the graph of `model` in order (their weights still external)."""
+def activation_bytes(model, feed: dict) -> dict[str, int]:
+    """{tensor: bytes} of the tensors the graph makes for one feed of these shapes (shape inference, nothing run);
+    tensors whose size inference cannot tell are left out."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.initializer[:]  # large weights as headers only; small ones (shapes for Reshape) whole
+    probe.graph.initializer.extend(t if _init_bytes(t) <= 4096 else
+                                   onnx.TensorProto(name=t.name, dims=t.dims, data_type=t.data_type)
+                                   for t in model.graph.initializer)
+    for inp in probe.graph.input:
+        if inp.name in feed:
+            shape = inp.type.tensor_type.shape
+            shape.Clear()
+            for v in np.shape(feed[inp.name]):
+                shape.dim.add().dim_value = int(v)
+    inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    out = {}
+    for v in inferred.graph.value_info:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        if dims and all(dims):
+            out[v.name] = int(np.prod(dims)) * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return out
+
+
+def split_graph(model, parts: int, made: dict[str, int] | None = None) -> list:
+    """`parts` ModelProtos running the graph of `model` in order (their weights still external). made: bytes of
+    the tensors the graph makes (activation_bytes), weighed beside the weights when choosing where to cut."""
     import onnx
     from onnx import helper
 
@@ -87,7 +120,7 @@ def split_graph(model, parts: int) -> list:
     inits = {t.name: t for t in graph.initializer}
     types.update({n: t.data_type for n, t in inits.items()})
     units = _units(list(graph.node), inits)
-    bounds = _cuts(units, {n: _init_bytes(t) for n, t in inits.items()}, parts) + [len(units)]
+    bounds = _cuts(units, {n: _init_bytes(t) for n, t in inits.items()}, parts, made) + [len(units)]
     segs = [[n for u in units[a:b] for n in u] for a, b in zip(bounds, bounds[1:])]
     segs = _dequantize_where_read(segs, inits)
     graph_outputs = [o.name for o in graph.output]

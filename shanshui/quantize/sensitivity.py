@@ -59,7 +59,7 @@ def _single_node_model(node, weights: dict[str, np.ndarray], opset: int):
 
 
 def _session(model: bytes | str, keep_all: bool = False):
-    return ort_session(model, optimize=not keep_all)  # keep_all: every tensor stays addressable
+    return ort_session(model, optimize=not keep_all, small=keep_all)  # keep_all: every tensor stays addressable
 
 
 def _exposed_session(model_path: Path, names: list[str]):

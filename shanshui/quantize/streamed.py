@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
-from shanshui.export.split import _init_bytes, split_graph
+from shanshui.export.split import _init_bytes, activation_bytes, split_graph
 
 PART_BYTES = 256 * 2**20  # fp32 weight bytes per part: ~4 parts' worth of weights resident at the peak
 LARGE_BYTES = 2**30  # graphs with more fp32 weight bytes than this are quantized part by part
+# bytes of tensors one feed makes per part: the sensitivity pass holds a part's layer inputs of a feed at once and
+# the calibrating session its live tensors (SD 1.5's VAE decoder makes 15.8 GB per 512 px feed; cut by weight into
+# 4 parts, its quantization peaked at 8.8 GB)
+ACT_PART_BYTES = 2**30
 
 
 def weight_bytes(path: Path) -> int:
@@ -110,6 +114,12 @@ class PartFeeds:
         return {n: own[n] if n in own else self.store.get(i, n) for n in self.inputs}
 
 
+def parts_for_activations(model, feed, parts: int, part_bytes: int = ACT_PART_BYTES) -> tuple[int, dict]:
+    """(parts, tensor bytes): at least `parts`, and enough that one part's tensors for `feed` stay near part_bytes."""
+    made = activation_bytes(model, feed)
+    return max(parts, min(64, -(-sum(made.values()) // part_bytes))), made
+
+
 def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize, on_part=lambda k, n: None) -> list:
     """int8 of the fp32 graph `src` into `dst` (one graph), part by part.
 
@@ -121,7 +131,8 @@ def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize,
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src), load_external_data=False)
     io = (list(model.graph.input), list(model.graph.output))
-    pieces = split_graph(model, parts)  # graph only: their weights stay in src's files
+    parts, made = parts_for_activations(model, feeds[0], parts)  # a large activation volume gets more parts
+    pieces = split_graph(model, parts, made)  # graph only: their weights stay in src's files
     del model
     seen: dict[str, int] = {}
     for piece in pieces:
