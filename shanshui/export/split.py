@@ -1,6 +1,8 @@
 """The U-Net of an export cut into consecutive sub-graphs of about equal weight, for streaming: at run time each part
 is loaded, run and freed in turn every step (runtime/lowmem.py, the `streamed` strategy), so at most one part's
 weights are resident: OnnxStream's idea in ONNX Runtime terms, at the price of reading the weights every step.
+The text encoder can be cut the same way (run once per image, part by part): SD 1.5's fp16 encoder loads with a
+638 MB peak whole, 214 MB in 4 parts, the same output to the bit.
 
 Graph-only: the parts point into the U-Net's existing external data file (hard-linked), nothing is loaded, so an
 SD 1.5 U-Net is cut in seconds. A tensor made in one part and read in a later one is an output of the first and an
@@ -107,6 +109,9 @@ def activation_bytes(model, feed: dict) -> dict[str, int]:
     return out
 
 
+HANDED = "/float32"  # suffix of an fp16 tensor's float32 copy passed between parts
+
+
 def split_graph(model, parts: int, made: dict[str, int] | None = None) -> list:
     """`parts` ModelProtos running the graph of `model` in order (their weights still external). made: bytes of
     the tensors the graph makes (activation_bytes), weighed beside the weights when choosing where to cut."""
@@ -123,23 +128,43 @@ def split_graph(model, parts: int, made: dict[str, int] | None = None) -> list:
     bounds = _cuts(units, {n: _init_bytes(t) for n, t in inits.items()}, parts, made) + [len(units)]
     segs = [[n for u in units[a:b] for n in u] for a, b in zip(bounds, bounds[1:])]
     segs = _dequantize_where_read(segs, inits)
-    graph_outputs = [o.name for o in graph.output]
+    graph_ins, graph_outs = {i.name for i in graph.input}, [o.name for o in graph.output]
     out = []
     for k, seg in enumerate(segs):
         made = {o for n in seg for o in n.output}
         used = {i for n in seg for i in n.input if i}
-        later = set(graph_outputs).union(*(_reads(s) for s in segs[k + 1:]))
+        later = set().union(*(_reads(s) for s in segs[k + 1:]))
         ins = sorted(u for u in used if u not in made and u not in inits)
-        outs = sorted(m for m in made if m in later)
+        outs = sorted(m for m in made if m in later or m in graph_outs)
         missing = [t for t in ins + outs if t not in types]
         if missing:
-            raise ShanshuiError(f"cannot cut the U-Net: no type known for {missing[0]}; re-export it")
-        sub = helper.make_graph(seg, f"{graph.name}_part{k}",
-                                [helper.make_tensor_value_info(t, types[t], None) for t in ins],
-                                [helper.make_tensor_value_info(t, types[t], None) for t in outs],
+            raise ShanshuiError(f"cannot cut the graph {graph.name!r}: no type known for {missing[0]}; re-export it")
+        # fp16 tensors between parts pass as float32 (see _float32_handover)
+        half = {t for t in ins + outs if types[t] == onnx.TensorProto.FLOAT16 and t not in graph_ins}
+        handed = [t for t in outs if t in half and t in later]
+        pre, post = _float32_handover([t for t in ins if t in half], handed)
+        names = [n for t in outs for n in ([t] if t in graph_outs or t not in half else []) + ([t + HANDED] if t in handed else [])]
+        fp32 = {t + HANDED for t in half}
+
+        def value(t: str):
+            return helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT if t in fp32 else types[t], None)
+        sub = helper.make_graph(pre + seg + post, f"{graph.name}_part{k}",
+                                [value(t + HANDED if t in half else t) for t in ins], [value(t) for t in names],
                                 initializer=[inits[u] for u in sorted(used) if u in inits])
         out.append(helper.make_model(sub, opset_imports=list(model.opset_import), ir_version=model.ir_version))
     return out
+
+
+def _float32_handover(ins: list[str], outs: list[str]) -> tuple[list, list]:
+    """Casts that pass fp16 tensors between parts as float32. ONNX Runtime's CPU kernels compute an fp16 graph in
+    float32 and drop the float32 → fp16 → float32 cast pairs between its ops, so inside the whole graph those tensors
+    are never rounded to fp16; handed over as fp16 they were (SD 1.5's fp16 text encoder in 4 parts: 2e-3 from the
+    whole graph's output; with these casts, identical)."""
+    from onnx import TensorProto, helper
+
+    pre = [helper.make_node("Cast", [t + HANDED], [t], to=TensorProto.FLOAT16, name=t + HANDED + "/in") for t in ins]
+    post = [helper.make_node("Cast", [t], [t + HANDED], to=TensorProto.FLOAT, name=t + HANDED + "/out") for t in outs]
+    return pre, post
 
 
 def _dequantize_where_read(segs: list[list], inits) -> list[list]:
@@ -165,38 +190,68 @@ def _reads(seg) -> set[str]:
     return {i for n in seg for i in n.input if i and i not in made}
 
 
-def split_export(src: Path, out: Path, parts: int = 4) -> dict:
+def split_export(src: Path, out: Path, parts: int = 4, text_parts: int | None = 0) -> dict:
     """A copy of the export `src` at `out` (files hard-linked) with its U-Net also cut into `parts` (unet/part-K.onnx
-    beside the whole graph, listed in the manifest under components.unet.parts). Returns the new manifest."""
+    beside the whole graph, listed in the manifest under components.unet.parts), and its text encoder into
+    `text_parts` (0 or 1: whole; None: auto_text_parts). Returns the new manifest."""
     import onnx
 
     if not 2 <= parts <= 64:
         raise ShanshuiError(f"parts must be between 2 and 64, got {parts}")
+    if text_parts is not None and not 0 <= text_parts <= 64:
+        raise ShanshuiError(f"text encoder parts must be between 0 (whole) and 64, got {text_parts}")
     exported = open_exported(Path(src))
     src, out = Path(src), Path(out)
     if out.exists():
         raise ShanshuiError(f"{out} already exists; choose a new folder for the split export")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    old_parts = {Path(e["file"]).name for e in exported.manifest["components"]["unet"].get("parts") or ()}
+    old = {(c, Path(e["file"]).name) for c, entry in exported.manifest["components"].items()
+           for e in entry.get("parts") or ()}
     # an earlier cut's parts are not carried over: new ones are written where they were, never through their links
-    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST or (p.parent.name == "unet" and p.name in old_parts))
-    unet = onnx.load(str(exported.onnx_path("unet")), load_external_data=False)  # inline weights come along
-    entries = []
-    for k, sub in enumerate(split_graph(unet, parts)):
-        name = f"part-{k}.onnx"
-        (tmp / "unet" / name).unlink(missing_ok=True)  # a hard link must not be written through
-        onnx.save_model(sub, str(tmp / "unet" / name))
-        entries.append({"file": f"unet/{name}", "inputs": [i.name for i in sub.graph.input],
-                        "outputs": [o.name for o in sub.graph.output],
-                        "weight_bytes": sum(_init_bytes(t) for t in sub.graph.initializer)})
+    link_tree(src, tmp, skip=lambda p: p.name == MANIFEST or (p.parent.name, p.name) in old)
     m = json.loads(json.dumps(exported.manifest))
-    unet = m["components"]["unet"]
-    unet["parts"] = entries
-    sizes, hashes = record_files(tmp / "unet", [Path(e["file"]).name for e in entries])  # checked on load, as the rest
-    kept = {k: v for k, v in unet["files"].items() if k not in old_parts}
-    kept_hashes = {k: v for k, v in (unet.get("sha256") or {}).items() if k not in old_parts}
-    unet["files"], unet["sha256"] = {**kept, **sizes}, {**kept_hashes, **hashes}
+    for comp, entry in m["components"].items():  # drop the earlier cut's parts from every listing
+        entry.pop("parts", None)
+        entry["files"] = {k: v for k, v in entry["files"].items() if (comp, k) not in old}
+        entry["sha256"] = {k: v for k, v in (entry.get("sha256") or {}).items() if (comp, k) not in old}
+    _cut(onnx.load(str(exported.onnx_path("unet")), load_external_data=False), parts, tmp, m["components"]["unet"], "unet")
+    if text_parts is None:
+        text_parts = auto_text_parts(m)
+    if text_parts >= 2:
+        te = onnx.load(str(exported.onnx_path("text_encoder")), load_external_data=False)
+        _cut(te, text_parts, tmp, m["components"]["text_encoder"], "text_encoder")
     write_json_atomic(tmp / MANIFEST, m)
     os.replace(tmp, out)
     return m
+
+
+def _cut(model, parts: int, tmp: Path, entry: dict, comp: str) -> None:
+    """Write `model` cut into `parts` as COMP/part-K.onnx in `tmp`, and list them (with sizes and hashes) in `entry`."""
+    import onnx
+
+    entries = []
+    for k, sub in enumerate(split_graph(model, parts)):
+        name = f"part-{k}.onnx"
+        (tmp / comp / name).unlink(missing_ok=True)  # a hard link must not be written through
+        onnx.save_model(sub, str(tmp / comp / name))
+        entries.append({"file": f"{comp}/{name}", "inputs": [i.name for i in sub.graph.input],
+                        "outputs": [o.name for o in sub.graph.output],
+                        "weight_bytes": sum(_init_bytes(t) for t in sub.graph.initializer)})
+    entry["parts"] = entries
+    sizes, hashes = record_files(tmp / comp, [Path(e["file"]).name for e in entries])  # checked on load, as the rest
+    entry["files"], entry["sha256"] = {**entry["files"], **sizes}, {**(entry.get("sha256") or {}), **hashes}
+
+
+def auto_text_parts(manifest: dict) -> int:
+    """As many text encoder parts as keep each about as heavy in memory as the heaviest U-Net part: weights as the
+    CPU computes with them (an fp16 graph's as float32 copies, an int8 U-Net's with their prepacked copy); 1 = whole."""
+    comps = manifest["components"]
+    quant = manifest.get("quantization", {})
+
+    def precision(comp: str) -> str:
+        return quant.get(comp, {}).get("precision", manifest.get("precision"))
+    unet = max(p["weight_bytes"] for p in comps["unet"]["parts"]) * (2 if precision("unet") == "int8" else 1)
+    te = sum(v for k, v in comps["text_encoder"]["files"].items() if k.startswith("model.onnx"))
+    te *= 2 if precision("text_encoder") == "fp16" else 1
+    return max(1, round(te / max(unet, 1)))

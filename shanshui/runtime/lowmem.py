@@ -176,6 +176,10 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
                 * (2.0 if _fp16(manifest, c) else 1.0) for c, wmb in weights.items()}
     if strategy.streamed:  # the kept parts, the largest other one, the tensors between parts (skips: ~ the conv term)
         resident["unet"] = _streamed_mb(manifest, strategy.kept_parts)
+        text_parts = manifest["components"]["text_encoder"].get("parts")
+        if text_parts:  # one part at a time, never prepacked
+            resident["text_encoder"] = max(p["weight_bytes"] for p in text_parts) / MIB \
+                * (2.0 if _fp16(manifest, "text_encoder") else 1.0)
     if strategy.sequential:
         stages = {c: BASE_MB + resident[c] + acts[c] for c in acts}
     else:
@@ -367,6 +371,14 @@ class LowMemComponents(OrtComponents):
         return list(self.sessions)
 
     def text_encoder(self, input_ids: np.ndarray) -> np.ndarray:
+        parts = self.model.manifest["components"]["text_encoder"].get("parts")
+        if self.strategy.streamed and parts:  # as the whole encoder loads in these modes: full level, no prepacking
+            self.free()
+            small_heap(MMAP_THRESHOLD)
+            opts = session_options("text_encoder", self.threads, True)
+            live = self._run_parts(parts, {"input_ids": input_ids}, opts, "text encoder part")
+            self.loads["text_encoder"] += 1
+            return live["last_hidden_state"]
         self._session("text_encoder")
         return super().text_encoder(input_ids)
 
@@ -380,38 +392,42 @@ class LowMemComponents(OrtComponents):
         return np.concatenate(outs)  # (B2, C, h, w)
 
     def _streamed_unet(self, x: np.ndarray, t: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        """One U-Net call through its parts, each loaded, run and freed; tensors kept only until their last reader."""
-        parts = self.model.manifest["components"]["unet"]["parts"]
+        """One U-Net call through its parts; the first Strategy.kept_parts stay loaded from call to call."""
         small_heap(UNET_MMAP_THRESHOLD)
         self.free(parts=False)  # the text encoder; kept parts stay
-        last = {}
-        for k, part in enumerate(parts):
-            for name in part["inputs"]:
-                last[name] = k
-        live = {"sample": x, "timestep": t, "encoder_hidden_states": cond}
         opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
+        live = self._run_parts(self.model.manifest["components"]["unet"]["parts"],
+                               {"sample": x, "timestep": t, "encoder_hidden_states": cond}, opts, "U-Net part",
+                               keep=self.strategy.kept_parts)
+        self.loads["unet"] += 1
+        return live["out_sample"]
+
+    def _run_parts(self, parts: list[dict], live: dict, opts, what: str, keep: int = 0) -> dict:
+        """A component's parts each loaded (or kept: the first `keep` are, in self.kept), run and freed in turn;
+        tensors kept only until their last reader. Returns the component's outputs."""
+        own = set(live)  # the component's own inputs: cast to the types its graphs declare
+        last = {name: k for k, part in enumerate(parts) for name in part["inputs"]}
         for k, part in enumerate(parts):
-            sess = self.kept.get(k)
+            sess = self.kept.get(k) if keep else None
             if sess is None:
-                path = inside(self.model.root, part["file"], "U-Net part")  # listed in files: hashed when opened
+                path = inside(self.model.root, part["file"], what)  # listed in files: hashed when opened
                 sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
-                if k < self.strategy.kept_parts:
+                if k < keep:
                     self.kept[k] = sess
             feeds = {}
             for i in sess.get_inputs():
                 v = live[i.name]
-                if i.name in ("sample", "timestep", "encoder_hidden_states"):  # the U-Net's own inputs, as declared
+                if i.name in own:  # parts declare no shapes: the timestep goes as the one value the denoiser gives
                     v = np.asarray(v[0] if i.name == "timestep" and len(i.shape) == 0 else v)
                     v = v.astype(ORT_DTYPES.get(i.type, np.float32), copy=False)
                 feeds[i.name] = v  # tensors between parts pass as the earlier part made them
             outs = sess.run(part["outputs"], feeds)
             del sess
             live.update(zip(part["outputs"], outs))
-            for name in [n for n in live if last.get(n, -1) <= k and n != "out_sample"]:
+            for name in [n for n in live if last.get(n, k + 1) <= k]:  # what no later part reads (outputs stay)
                 del live[name]
             release_memory()
-        self.loads["unet"] += 1
-        return live["out_sample"]
+        return live
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
         segments = self.model.manifest["components"]["vae_decoder"].get("segments")
