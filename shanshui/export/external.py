@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import atomic_dir, link_tree, umask, write_json_atomic
-from shanshui.integrity import record_files
+from shanshui.integrity import inside, record_files
 from shanshui.spec.manifest import MANIFEST, open_exported
 
 MIN_INLINE_BYTES = 16 * 2**20  # graphs with less inline weight than this stay as they are
@@ -29,12 +29,40 @@ def inline_bytes(path: Path) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer if not t.external_data)
 
 
+def load_with_weights(path: Path):
+    """The ModelProto at `path` with its external weights read into it (see read_weights)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    read_weights(model, Path(path).parent)
+    return model
+
+
+def read_weights(model, folder: Path) -> None:
+    """Read every external weight of `model` (a graph in `folder`) into it, in place. onnx's own loader refuses a
+    weight file with more than one hard link (its guard against hard-link attacks), and our exports share weight
+    files between folders by hard links (`shanshui lowmem`, the bench cache): an SD 1.5 int8 calibration failed
+    after 43 minutes on a text encoder whose weights two low-memory exports also linked. Locations must stay inside
+    the folder."""
+    import onnx
+
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(inside(Path(folder), info.get("location"), "weight file"), "rb") as f:
+            f.seek(int(info.get("offset") or 0))
+            t.raw_data = f.read(int(info["length"])) if info.get("length") else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
 def externalize_file(src: Path, dst: Path) -> list[str]:
     """Write the graph `src` as `dst` + `dst.data` (every tensor of SIZE_THRESHOLD bytes or more in the data file);
     returns the file names written. `dst` must not be a hard link to `src`'s data (it is written anew)."""
     import onnx
 
-    model = onnx.load(str(src))  # weights read wherever they are
+    model = load_with_weights(src)  # weights read wherever they are
     data = dst.name + ".data"
     for stale in (dst, dst.with_name(data)):
         stale.unlink(missing_ok=True)  # a hard link into the source export is replaced, never written through

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.export.external import read_weights
 from shanshui.export.graph_check import topological_sort
 from shanshui.onnxrt import ort_session
 
@@ -55,12 +56,10 @@ def convert_fp16(src: Path, dst: Path, block_ops: tuple[str, ...] = FP16_BLOCK_O
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     except ImportError as e:
         raise ShanshuiError(f"fp16 conversion needs the torch extra ({e.name} is missing): pip install 'shanshui[torch]'") from None
-    from onnx.external_data_helper import load_external_data_for_model
-
     # The converter needs every value's type to place casts; it infers them itself only for models protobuf can
     # serialise, so infer them here on the graph alone (weights still on disk), then load the weights.
     model = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
-    load_external_data_for_model(model, str(Path(src).parent))
+    read_weights(model, Path(src).parent)
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(block_ops),
                                     disable_shape_infer=True)
 

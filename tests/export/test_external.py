@@ -49,3 +49,56 @@ def test_external_weights_lower_the_load_peak(tmp_path):
     data_mb = (tmp_path / "ext" / "unet" / "model.onnx.data").stat().st_size / 2**20
     inline, external = _load_peak_mb(src / "unet" / "model.onnx"), _load_peak_mb(tmp_path / "ext" / "unet" / "model.onnx")
     assert inline - external >= 0.5 * data_mb, (inline, external, data_mb)
+
+
+def _hard_linked_graph(tmp_path):
+    """A one-MatMul graph whose weights live in a data file that a second folder also links (as `shanshui lowmem`
+    and the bench cache link weight files)."""
+    import os
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64) / 4096, "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a" / "model.onnx"),
+                    save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    for f in ("model.onnx", "model.onnx.data"):
+        os.link(tmp_path / "a" / f, tmp_path / "b" / f)
+    return tmp_path / "a" / "model.onnx", numpy_helper.to_array(w)
+
+
+def test_weights_in_a_hard_linked_file_are_read(tmp_path):
+    """onnx's loader refuses a weight file with two links ('potential hardlink attack'); our reader does not, and
+    keeps locations inside the folder. fp16 conversion and externalizing read through it."""
+    import numpy as np
+    import onnx
+    import pytest
+    from onnx import numpy_helper
+
+    from shanshui.errors import ShanshuiError
+    from shanshui.export.external import externalize_file, load_with_weights
+    from shanshui.quantize.fp16 import convert_fp16
+
+    path, w = _hard_linked_graph(tmp_path)
+    with pytest.raises(Exception, match="hard link"):
+        onnx.load(str(path))
+    model = load_with_weights(path)
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), w)
+    convert_fp16(path, tmp_path / "fp16.onnx")
+    half = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert np.allclose(numpy_helper.to_array(half.graph.initializer[0]).astype(np.float32), w, atol=1e-3)
+    (tmp_path / "c").mkdir()
+    assert externalize_file(path, tmp_path / "c" / "model.onnx") == ["model.onnx", "model.onnx.data"]
+    outside = onnx.load(str(path), load_external_data=False)
+    for e in outside.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = "../b/model.onnx.data"
+    onnx.save_model(outside, str(tmp_path / "a" / "evil.onnx"))
+    with pytest.raises(ShanshuiError, match="outside"):
+        load_with_weights(tmp_path / "a" / "evil.onnx")
