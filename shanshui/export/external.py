@@ -41,9 +41,9 @@ def load_with_weights(path: Path):
 def read_weights(model, folder: Path) -> None:
     """Read every external weight of `model` (a graph in `folder`) into it, in place. onnx's own loader refuses a
     weight file with more than one hard link (its guard against hard-link attacks), and our exports share weight
-    files between folders by hard links (`shanshui lowmem`, the bench cache): an SD 1.5 int8 calibration failed
-    after 43 minutes on a text encoder whose weights two low-memory exports also linked. Locations must stay inside
-    the folder."""
+    files between folders by hard links (`shanshui lowmem`, the bench cache, and the bounded int8 quantizer's own
+    streamed copy of its source): every bounded int8 quantize of SD 1.5 whose text encoder (weights beside the
+    graph) fell back to fp16 failed there, after 40 minutes of calibration. Locations must stay inside the folder."""
     import onnx
 
     for t in model.graph.initializer:
