@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shanshui.errors import ShanshuiError
 from shanshui.fsutil import atomic_dir, link_tree, umask, write_json_atomic
-from shanshui.integrity import inside, record_files
+from shanshui.integrity import record_files
 from shanshui.spec.manifest import MANIFEST, open_exported
 
 MIN_INLINE_BYTES = 16 * 2**20  # graphs with less inline weight than this stay as they are
@@ -30,7 +30,7 @@ def inline_bytes(path: Path) -> int:
 
 
 def load_with_weights(path: Path):
-    """The ModelProto at `path` with its external weights read into it (see read_weights)."""
+    """onnx.load of a model and its external weights (hard-linked weight files allowed, see read_weights)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -38,21 +38,27 @@ def load_with_weights(path: Path):
     return model
 
 
-def read_weights(model, folder: Path) -> None:
-    """Read every external weight of `model` (a graph in `folder`) into it, in place. onnx's own loader refuses a
-    weight file with more than one hard link (its guard against hard-link attacks), and our exports share weight
-    files between folders by hard links (`shanshui lowmem`, the bench cache, and the bounded int8 quantizer's own
-    streamed copy of its source): every bounded int8 quantize of SD 1.5 whose text encoder (weights beside the
-    graph) fell back to fp16 failed there, after 40 minutes of calibration. Locations must stay inside the folder."""
+def read_weights(model, base_dir: Path) -> None:
+    """Read the external weights of `model` into it (in place), from files under `base_dir`.
+
+    onnx.load refuses a weight file with several hard links (its guard against hard-link attacks), and our exports
+    share weight files between folders by hard links (`shanshui lowmem`, the bench cache, and the bounded int8
+    quantizer's own streamed copy of its source: every bounded int8 quantize of SD 1.5 whose text encoder, weights
+    beside the graph, fell back to fp16 failed after 40 minutes of calibration). This reads the same bytes, after
+    the same containment check (a relative location inside `base_dir`)."""
     import onnx
 
+    base = Path(base_dir).resolve()
     for t in model.graph.initializer:
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
-        with open(inside(Path(folder), info.get("location"), "weight file"), "rb") as f:
-            f.seek(int(info.get("offset") or 0))
-            t.raw_data = f.read(int(info["length"])) if info.get("length") else f.read()
+        path = (base / info["location"]).resolve()
+        if Path(info["location"]).is_absolute() or base not in path.parents:
+            raise ShanshuiError(f"weight {t.name} points outside its model folder ({info['location']}); re-export the model")
+        with open(path, "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
 

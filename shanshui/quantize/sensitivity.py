@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.onnxrt import ort_session
-from shanshui.quantize.streamed import load_with_data
+from shanshui.export.external import load_with_weights
 
 
 def fake_quant_activation(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -120,7 +120,7 @@ def isolated_layer_snr(model_path: Path, feeds, nodes: list[str], probe: int = 4
     from onnx import numpy_helper
 
     keep = sorted({int(i) for i in np.linspace(0, len(feeds) - 1, min(probe, len(feeds)))})
-    model = load_with_data(model_path)
+    model = load_with_weights(model_path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     by_name = {n.name: n for n in model.graph.node}
     graph_inputs = {i.name for i in model.graph.input}

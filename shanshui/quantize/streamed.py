@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shanshui.errors import ShanshuiError
+from shanshui.export.external import read_weights
 from shanshui.export.split import _init_bytes, activation_bytes, split_graph
 
 PART_BYTES = 256 * 2**20  # fp32 weight bytes per part: ~4 parts' worth of weights resident at the peak
@@ -40,38 +41,6 @@ def parts_for(path: Path, part_bytes: int = PART_BYTES) -> int:
     """How many parts bound the memory of quantizing the graph at `path` (1: quantize it whole)."""
     total = weight_bytes(path)
     return 1 if total <= LARGE_BYTES else min(64, -(-total // part_bytes))
-
-
-def inline_external_data(model, base_dir: Path) -> None:
-    """Read the external weights of `model` into it (in place), from files under `base_dir`.
-
-    onnx.load refuses a weight file with several hard links (shanshui's split and low-memory exports hard-link
-    the U-Net's data file rather than copy gigabytes); this reads the same bytes, after the same containment check
-    (a relative location inside `base_dir`)."""
-    import onnx
-
-    base = Path(base_dir).resolve()
-    for t in model.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        path = (base / info["location"]).resolve()
-        if Path(info["location"]).is_absolute() or base not in path.parents:
-            raise ShanshuiError(f"weight {t.name} points outside its model folder ({info['location']}); re-export the model")
-        with open(path, "rb") as f:
-            f.seek(int(info.get("offset", 0)))
-            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
-
-
-def load_with_data(path: Path):
-    """onnx.load of a model and its external weights (hard-linked weight files allowed, see inline_external_data)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inline_external_data(model, Path(path).parent)
-    return model
 
 
 class _Store:
@@ -148,7 +117,7 @@ def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize,
             path = work / f"part-{k}.onnx"
             part = onnx.ModelProto()
             part.CopyFrom(piece)
-            inline_external_data(part, src.parent)  # this part's weights, written whole: the quantizer loads it
+            read_weights(part, src.parent)  # this part's weights, written whole: the quantizer loads it
             onnx.save_model(part, str(path))
             del part
             part_feeds = PartFeeds(feeds, store, [i.name for i in piece.graph.input])

@@ -75,13 +75,13 @@ def _hard_linked_graph(tmp_path):
 
 def test_weights_in_a_hard_linked_file_are_read(tmp_path):
     """onnx's loader refuses a weight file with two links ('potential hardlink attack'); our reader does not, and
-    keeps locations inside the folder. fp16 conversion and externalizing read through it."""
+    keeps locations inside the folder (tests/quantize/test_int8_parts.py). fp16 conversion and externalizing read
+    through it: the fp16 fallback of a bounded int8 quantize failed on the quantizer's own hard-linked copy."""
     import numpy as np
     import onnx
     import pytest
     from onnx import numpy_helper
 
-    from shanshui.errors import ShanshuiError
     from shanshui.export.external import externalize_file, load_with_weights
     from shanshui.quantize.fp16 import convert_fp16
 
@@ -95,10 +95,3 @@ def test_weights_in_a_hard_linked_file_are_read(tmp_path):
     assert np.allclose(numpy_helper.to_array(half.graph.initializer[0]).astype(np.float32), w, atol=1e-3)
     (tmp_path / "c").mkdir()
     assert externalize_file(path, tmp_path / "c" / "model.onnx") == ["model.onnx", "model.onnx.data"]
-    outside = onnx.load(str(path), load_external_data=False)
-    for e in outside.graph.initializer[0].external_data:
-        if e.key == "location":
-            e.value = "../b/model.onnx.data"
-    onnx.save_model(outside, str(tmp_path / "a" / "evil.onnx"))
-    with pytest.raises(ShanshuiError, match="outside"):
-        load_with_weights(tmp_path / "a" / "evil.onnx")

@@ -75,7 +75,7 @@ def test_weights_are_read_from_hard_linked_files_and_not_from_outside_the_folder
     from onnx import TensorProto, helper, numpy_helper
 
     from shanshui.errors import ShanshuiError
-    from shanshui.quantize.streamed import load_with_data
+    from shanshui.export.external import load_with_weights as load_with_data
 
     w = np.arange(4096, dtype=np.float32).reshape(64, 64)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
