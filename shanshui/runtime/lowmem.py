@@ -149,11 +149,14 @@ def _unet_activations_mb(cfg: dict, h: int, w: int, batch: int, fused: bool = Fa
     return batch * (conv + attn) / MIB
 
 
-def _vae_activations_mb(cfg: dict, h: int, w: int, batch: int) -> float:
-    """The decoder's last up block runs at full resolution on the upsampled output of the one before it."""
+def _vae_activations_mb(cfg: dict, h: int, w: int, batch: int, lean: bool = False) -> float:
+    """The decoder's last up block runs at full resolution on the upsampled output of the one before it: a few
+    tensors of that size live at once (ORT's conv buffers beside them). Lean sessions (no arena, no memory pattern)
+    measured 3.75 of them whole at 256 and 512 px on both the shipped decoder and SD 1.5's (SD 1.5 at 512 px: 1,081 MB
+    peak with 121 MB resident before); 6 is the normal session's, measured on the shipped model."""
     chans = list(cfg.get("block_out_channels") or [128, 256])
     top = chans[1] if len(chans) > 1 else chans[0]
-    return batch * 6 * top * h * w * 4 / MIB  # 6: measured on the shipped model (ORT's conv buffers beside the tensors)
+    return batch * (4.0 if lean else 6.0) * top * h * w * 4 / MIB
 
 
 def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n: int, guidance: bool = True) -> dict:
@@ -167,7 +170,8 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
         "text_encoder": b2 * text_len * int(manifest["dims"]["text_dim"]) * 4 * 8 / MIB,
         "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2,
                                      fused=bool(manifest["components"]["unet"].get("attention"))),
-        "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n)
+        "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n,
+                                           lean=strategy.lean)
         * (_tile_fraction(lh, lw, strategy.vae_tile, manifest) if strategy.vae_tile else 1.0),
     }
     # normal sessions keep the parsed model and prepacked copies beside the initializers: about twice the weights;
@@ -190,11 +194,13 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
 
 
 def _streamed_mb(manifest: dict, kept: int) -> float:
-    """Resident U-Net weights when streaming with the first `kept` parts loaded throughout; int8 parts count twice
-    (ONNX Runtime's prepacked copy beside the mapped weights, see LowMemComponents)."""
-    factor = 2.0 if _prepacked(manifest, "unet") else 1.0
-    sizes = [p["weight_bytes"] * factor / MIB for p in manifest["components"]["unet"]["parts"]]
-    return sum(sizes[:kept]) + max(sizes[kept:], default=0.0)
+    """Resident U-Net weights when streaming with the first `kept` parts loaded throughout. An int8 part counts
+    twice while it loads (ONNX Runtime's prepacked copy beside the mapped weights, see LowMemComponents) and 1.4×
+    once kept: SD 1.5's int8 U-Net at 512 px in 16 parts (851 MB), 9 kept (480 MB) measured 592 MB resident and 908
+    MB peak per call, all 16 kept 944 and 1,264 MB (1.23× and 1.11× resident, peaks within the estimate)."""
+    prepacked = _prepacked(manifest, "unet")
+    sizes = [p["weight_bytes"] / MIB for p in manifest["components"]["unet"]["parts"]]
+    return sum(sizes[:kept]) * (1.4 if prepacked else 1.0) + max(sizes[kept:], default=0.0) * (2.0 if prepacked else 1.0)
 
 
 def _prepacked(manifest: dict, comp: str) -> bool:
@@ -433,7 +439,8 @@ class LowMemComponents(OrtComponents):
                 for name in [n for n in live if last.get(n, k + 1) <= k]:  # what no later part reads (outputs stay)
                     del live[name]
             del sess
-            release_memory()
+            if k >= keep:  # a kept part's heap is the next part's: trimming it costs page faults, frees nothing
+                release_memory()
         return lives
 
     def vae_decoder(self, z: np.ndarray) -> np.ndarray:
