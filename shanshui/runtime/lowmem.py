@@ -297,6 +297,29 @@ MMAP_THRESHOLD = 256 * 1024
 UNET_MMAP_THRESHOLD = 16 * 2**20
 
 
+_SHARED_ARENA: list = []  # the process's one ONNX Runtime CPU arena shared by sessions that opt in (shared_arena)
+SHRINK = "memory.enable_memory_arena_shrinkage"
+
+
+def shared_arena(opts) -> None:
+    """Let a session draw its activations from one CPU arena the whole process shares (registered on first use,
+    growing by what is asked, never by powers of two). A budget's streamed U-Net parts use it: the parts reuse the
+    same blocks step after step instead of fresh pages (SD 1.5 int8 at 512 px, all 16 parts kept: 18.1 s per call
+    against 21.6 s with the arena off, 1,224 vs 1,236 MB peak; the normal mode 16.9 s, in one run). The arena gives
+    its free blocks back at the end of each U-Net call (see LowMemComponents._streamed_unet)."""
+    import onnxruntime as ort
+
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        try:
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        except Exception:  # noqa: BLE001 - registered already (by an earlier user of this process's ORT env)
+            pass
+        _SHARED_ARENA.append(info)
+    opts.enable_cpu_mem_arena = True
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def small_heap(threshold: int = MMAP_THRESHOLD) -> None:
     """Blocks of `threshold` bytes and more straight from mmap, so a freed activation goes back to the system at once
     (glibc otherwise raises this threshold to the largest block freed, up to 32 MiB, and keeps such blocks in its
@@ -407,17 +430,23 @@ class LowMemComponents(OrtComponents):
         small_heap(MMAP_THRESHOLD if not self.strategy.kept_parts else UNET_MMAP_THRESHOLD)
         self.free(parts=False)  # the text encoder; kept parts stay
         opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
+        if self.strategy.kept_parts:
+            shared_arena(opts)
         rows = [slice(i, i + 1) for i in range(len(x))] if self.strategy.split_batch else [slice(None)]
         lives = [{"sample": x[r], "timestep": t[r], "encoder_hidden_states": cond[r]} for r in rows]
         lives = self._run_parts(self.model.manifest["components"]["unet"]["parts"], lives, opts, "U-Net part",
-                                keep=self.strategy.kept_parts)
+                                keep=self.strategy.kept_parts, shrink=bool(self.strategy.kept_parts))
         self.loads["unet"] += 1
         return np.concatenate([live["out_sample"] for live in lives])  # (B2, C, h, w)
 
-    def _run_parts(self, parts: list[dict], lives: list[dict], opts, what: str, keep: int = 0) -> list[dict]:
+    def _run_parts(self, parts: list[dict], lives: list[dict], opts, what: str, keep: int = 0,
+                   shrink: bool = False) -> list[dict]:
         """A component's parts each loaded (or kept: the first `keep` are, in self.kept), run on each of `lives`
         (inputs by name: one dict per independent call) and freed in turn; tensors kept only until their last
-        reader. Returns each call's outputs."""
+        reader. shrink: the last run hands the shared arena's free blocks back. Returns each call's outputs."""
+        last_run = self._ort.RunOptions()
+        if shrink:
+            last_run.add_run_config_entry(SHRINK, "cpu:0")
         own = set(lives[0])  # the component's own inputs: cast to the types its graphs declare
         last = {name: k for k, part in enumerate(parts) for name in part["inputs"]}
         for k, part in enumerate(parts):
@@ -427,7 +456,7 @@ class LowMemComponents(OrtComponents):
                 sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
                 if k < keep:
                     self.kept[k] = sess
-            for live in lives:
+            for j, live in enumerate(lives):
                 feeds = {}
                 for i in sess.get_inputs():
                     v = live[i.name]
@@ -435,7 +464,8 @@ class LowMemComponents(OrtComponents):
                         v = np.asarray(v[0] if i.name == "timestep" and len(i.shape) == 0 else v)
                         v = v.astype(ORT_DTYPES.get(i.type, np.float32), copy=False)
                     feeds[i.name] = v  # tensors between parts pass as the earlier part made them
-                live.update(zip(part["outputs"], sess.run(part["outputs"], feeds)))
+                run = last_run if (k, j) == (len(parts) - 1, len(lives) - 1) else None
+                live.update(zip(part["outputs"], sess.run(part["outputs"], feeds, run)))
                 for name in [n for n in live if last.get(n, k + 1) <= k]:  # what no later part reads (outputs stay)
                     del live[name]
             del sess

@@ -116,8 +116,9 @@ def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
     req = Request("一棵青松，青山环绕", steps=3, seed=6)
     plain = open_pipeline(out, threads=2, memory=streamed)(req).images[0]
     pipe = open_pipeline(out, threads=2, memory=replace(streamed, kept_parts=2))
-    assert psnr(pipe(req).images[0], plain) >= 50.0
+    assert psnr(pipe(req).images[0], plain) >= 50.0  # the shared arena changes where tensors live, not values
     assert pipe.components.resident() == ["vae_decoder"] and not pipe.components.kept
+    assert lowmem._SHARED_ARENA  # kept parts drew their activations from the process's one arena
 
 
 def test_cutting_a_cut_export_again_leaves_the_first_one_intact(split, tmp_path):
