@@ -456,14 +456,17 @@ class LowMemComponents(OrtComponents):
                 sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
                 if k < keep:
                     self.kept[k] = sess
+            # plain values: a NodeArg left bound after a loop keeps its session alive, so the part just run stayed
+            # loaded beside the next one (SD 1.5's fp16 text encoder in 4 parts: 309 MB peak, 93 MB held between parts)
+            inputs = [(i.name, i.type, len(i.shape)) for i in sess.get_inputs()]
             for j, live in enumerate(lives):
                 feeds = {}
-                for i in sess.get_inputs():
-                    v = live[i.name]
-                    if i.name in own:  # parts declare no shapes: the timestep goes as the one value the denoiser gives
-                        v = np.asarray(v[0] if i.name == "timestep" and len(i.shape) == 0 else v)
-                        v = v.astype(ORT_DTYPES.get(i.type, np.float32), copy=False)
-                    feeds[i.name] = v  # tensors between parts pass as the earlier part made them
+                for name, kind, rank in inputs:
+                    v = live[name]
+                    if name in own:  # parts declare no shapes: the timestep goes as the one value the denoiser gives
+                        v = np.asarray(v[0] if name == "timestep" and rank == 0 else v)
+                        v = v.astype(ORT_DTYPES.get(kind, np.float32), copy=False)
+                    feeds[name] = v  # tensors between parts pass as the earlier part made them
                 run = last_run if (k, j) == (len(parts) - 1, len(lives) - 1) else None
                 live.update(zip(part["outputs"], sess.run(part["outputs"], feeds, run)))
                 for name in [n for n in live if last.get(n, k + 1) <= k]:  # what no later part reads (outputs stay)

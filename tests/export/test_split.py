@@ -216,3 +216,49 @@ def test_the_text_encoder_streams_in_parts_with_the_unet(tiny_export, tmp_path):
                                                   if k == "model.onnx") / max(p["weight_bytes"] for p in m["components"]["unet"]["parts"])))
     with pytest.raises(ShanshuiError, match="between 0"):
         split_export(tiny_export, tmp_path / "bad", 4, text_parts=65)
+
+
+class _Holding:
+    """An ONNX Runtime session whose input descriptions keep it alive, as onnxruntime's NodeArgs keep theirs."""
+
+    alive: list = []
+
+    def __init__(self, path, opts, providers):
+        import weakref
+
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(path, opts, providers=providers)
+        _Holding.alive.append(weakref.ref(self))
+
+    def get_inputs(self):
+        owner = self
+        return [type("Arg", (), {"name": i.name, "type": i.type, "shape": i.shape, "owner": owner})()
+                for i in self.sess.get_inputs()]
+
+    def run(self, names, feeds, options=None):
+        return self.sess.run(names, feeds, options)
+
+
+def test_a_streamed_part_is_freed_before_the_next_one_loads(split):
+    """Only one part is resident at a time: nothing of a part (its input descriptions included) outlives its turn.
+    A NodeArg left bound to a loop variable once kept each part loaded beside the next."""
+    import types
+
+    import onnxruntime as ort
+
+    out, _ = split
+    pipe = open_pipeline(out, threads=1, memory=lowmem.BY_NAME["streamed"])
+    comps = pipe.components
+    ids, _ = pipe.tokenizer(["a", ""])
+    cond = comps.text_encoder(ids)
+    live_at_load = []
+
+    def session(path, opts, providers):
+        live_at_load.append(sum(r() is not None for r in _Holding.alive))
+        return _Holding(path, opts, providers)
+
+    comps._ort = types.SimpleNamespace(InferenceSession=session, RunOptions=ort.RunOptions)
+    _Holding.alive = []
+    comps.unet(np.zeros((2, 4, 16, 16), np.float32), np.full(2, 500.0, np.float32), cond)
+    assert live_at_load == [0, 0, 0, 0]
