@@ -13,7 +13,7 @@ from shanshui.spec.folders import default_model_dir
 
 PEAK = """
 import sys, onnxruntime as ort
-from shanshui.runtime.lowmem import session_options
+from shanshui.runtime.ort_memory import session_options
 s = ort.InferenceSession(sys.argv[1], session_options("unet", 1, True), providers=["CPUExecutionProvider"])
 print(int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) // 1024)
 """

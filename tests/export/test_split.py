@@ -7,7 +7,7 @@ import pytest
 from shanshui.errors import ShanshuiError
 from shanshui.export.split import split_export
 from shanshui.metrics import psnr
-from shanshui.runtime import lowmem
+from shanshui.runtime import lowmem, ort_memory
 from shanshui.runtime.pipeline import Request, open_pipeline
 from shanshui.spec.folders import default_model_dir
 
@@ -118,7 +118,7 @@ def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
     pipe = open_pipeline(out, threads=2, memory=replace(streamed, kept_parts=2))
     assert psnr(pipe(req).images[0], plain) >= 50.0  # the shared arena changes where tensors live, not values
     assert pipe.components.resident() == ["vae_decoder"] and not pipe.components.kept
-    assert lowmem._SHARED_ARENA  # kept parts drew their activations from the process's one arena
+    assert ort_memory._SHARED_ARENA  # kept parts drew their activations from the process's one arena
 
 
 def test_cutting_a_cut_export_again_leaves_the_first_one_intact(split, tmp_path):
