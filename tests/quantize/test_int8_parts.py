@@ -94,3 +94,52 @@ def test_weights_are_read_from_hard_linked_files_and_not_from_outside_the_folder
     onnx.save(model, str(tmp_path / "a" / "escape.onnx"))
     with pytest.raises(ShanshuiError, match="outside its model folder"):
         load_with_data(tmp_path / "a" / "escape.onnx")
+
+
+def _padded_conv_model():
+    """x → Pad (amounts computed from constants, as torch exports F.pad) → Conv → fused attention → Add: the chain that
+    stopped shape inference in SD's VAE encoder and in U-Nets with ONNX Runtime's MultiHeadAttention."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = lambda name, v: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.int64)))  # noqa: E731
+    nodes = [
+        const("n", [4]), const("head", [0, 1, 0, 1]), const("shape", [-1, 2]), const("s0", [-(2**62)]), const("s1", [-1]),
+        const("ax", [0]), const("st", [-1]), const("flat", [-1]),
+        helper.make_node("ConstantOfShape", ["n"], ["zeros"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Concat", ["head", "zeros"], ["cat"], axis=0),
+        helper.make_node("Reshape", ["cat", "shape"], ["pairs"]),
+        helper.make_node("Slice", ["pairs", "s1", "s0", "ax", "st"], ["rev"]),  # reversed, as torch orders pads
+        helper.make_node("Transpose", ["rev"], ["t"], perm=[1, 0]),
+        helper.make_node("Reshape", ["t", "flat"], ["pads"]),
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="constant"),
+        helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Reshape", ["y", "tokens"], ["q"]),
+        helper.make_node("MultiHeadAttention", ["q", "q", "q"], ["att"], domain="com.microsoft", num_heads=2),
+        helper.make_node("Add", ["att", "q"], ["out"]),
+        helper.make_node("Sigmoid", ["out"], ["final"]),
+    ]
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    tokens = numpy_helper.from_array(np.array([2, -1, 8], np.int64), "tokens")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, "h", "w"])],
+                              [helper.make_tensor_value_info("final", TensorProto.FLOAT, None)], [w, tokens])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_tensor_sizes_are_known_past_pads_computed_from_constants_and_fused_attention():
+    import onnx
+
+    from shanshui.export.split import activation_bytes
+    from shanshui.onnxrt import ort_session
+
+    model = _padded_conv_model()
+    x = np.zeros((2, 4, 31, 31), np.float32)
+    made = activation_bytes(model, {"x": x})
+    names = ["padded", "y", "q", "att", "out"]  # after the pad, the attention's output and the residual after it
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    got = dict(zip(names, ort_session(exposed.SerializeToString(), optimize=False).run(names, {"x": x})))
+    assert got["padded"].shape == (2, 4, 32, 32) and got["att"].shape == (2, 225, 8)  # pads (0, 1) on H and W
+    for name in names:  # the bytes ONNX Runtime makes, known before anything runs
+        assert made.get(name) == got[name].nbytes, name
