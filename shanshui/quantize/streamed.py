@@ -27,6 +27,12 @@ LARGE_BYTES = 2**30  # graphs with more fp32 weight bytes than this are quantize
 # the calibrating session its live tensors (SD 1.5's VAE decoder makes 15.8 GB per 512 px feed; cut by weight into
 # 4 parts, its quantization peaked at 8.8 GB)
 ACT_PART_BYTES = 2**30
+# what one byte of a part's tensors costs at the quantization's peak, against one byte of its fp32 weights (a part's
+# weights are held several times over: the loaded graph, the sensitivity pass's copies, ONNX Runtime's sessions, the
+# quantizer's model). Fitted on SD 1.5's U-Net at 512 px cut by weights + tensors alike: peak ≈ 0.6 GB + 5 × weights +
+# 0.8 × tensors over its 13 parts; its parts of 664-681 MB of weights peaked at 3.8-4.1 GB, one of 750 MB of tensors
+# and 26 MB of weights at 1.2 GB. So the cut weighs a tensor byte at a sixth of a weight byte.
+ACT_WEIGHT = 1 / 6
 
 
 def weight_bytes(path: Path) -> int:
@@ -101,7 +107,7 @@ def quantize_in_parts(src: Path, dst: Path, feeds, parts: int, choose, quantize,
     model = onnx.load(str(src), load_external_data=False)
     io = (list(model.graph.input), list(model.graph.output))
     parts, made = parts_for_activations(model, feeds[0], parts)  # a large activation volume gets more parts
-    pieces = split_graph(model, parts, made)  # graph only: their weights stay in src's files
+    pieces = split_graph(model, parts, {n: b * ACT_WEIGHT for n, b in made.items()})  # graph only: weights stay in src
     del model
     seen: dict[str, int] = {}
     for piece in pieces:
