@@ -30,6 +30,7 @@ from shanshui.runtime.ort_memory import (
     release_memory,
     session_options,
     shared_arena,
+    shrink_shared_arena,
     small_heap,
 )
 from shanshui.runtime.vae_segments import decode_segmented
@@ -156,14 +157,15 @@ def _unet_activations_mb(cfg: dict, h: int, w: int, batch: int, fused: bool = Fa
     return batch * (conv + attn) / MIB
 
 
-def _vae_activations_mb(cfg: dict, h: int, w: int, batch: int, lean: bool = False) -> float:
+def _vae_activations_mb(cfg: dict, h: int, w: int, batch: int, lean: bool = False, prepacked: bool = False) -> float:
     """The decoder's last up block runs at full resolution on the upsampled output of the one before it: a few
     tensors of that size live at once (ORT's conv buffers beside them). Lean sessions (no arena, no memory pattern)
     measured 3.75 of them whole at 256 and 512 px on both the shipped decoder and SD 1.5's (SD 1.5 at 512 px: 1,081 MB
-    peak with 121 MB resident before); 6 is the normal session's, measured on the shipped model."""
+    peak with 121 MB resident before); an int8 decoder with its prepacked weights 2.5 (the shipped one at 512 px:
+    160 MB, SD 1.5's: 640 MB); 6 is the normal session's, measured on the shipped model."""
     chans = list(cfg.get("block_out_channels") or [128, 256])
     top = chans[1] if len(chans) > 1 else chans[0]
-    return batch * (4.0 if lean else 6.0) * top * h * w * 4 / MIB
+    return batch * ((2.75 if prepacked else 4.0) if lean else 6.0) * top * h * w * 4 / MIB
 
 
 def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n: int, guidance: bool = True) -> dict:
@@ -178,7 +180,8 @@ def footprint(root: Path, manifest: dict, strategy: Strategy, h: int, w: int, n:
         "unet": _unet_activations_mb(_config(root, "unet"), lh, lw, n if strategy.split_batch else b2,
                                      fused=bool(manifest["components"]["unet"].get("attention"))),
         "vae_decoder": _vae_activations_mb(_config(root, "vae_decoder"), h, w, 1 if strategy.vae_tile else n,
-                                           lean=strategy.lean)
+                                           lean=strategy.lean, prepacked=_prepacked(manifest, "vae_decoder")
+                                           and not (strategy.vae_tile and manifest["components"]["vae_decoder"].get("segments")))
         * (_tile_fraction(lh, lw, strategy.vae_tile, manifest) if strategy.vae_tile else 1.0),
     }
     # normal sessions keep the parsed model and prepacked copies beside the initializers: about twice the weights;
@@ -211,8 +214,12 @@ def _streamed_mb(manifest: dict, kept: int) -> float:
 
 
 def _prepacked(manifest: dict, comp: str) -> bool:
-    """Components whose lean sessions keep ONNX Runtime's prepacked weight copy (see LowMemComponents._session)."""
-    return comp == "unet" and manifest.get("precision") == "int8"
+    """Components whose lean sessions keep ONNX Runtime's prepacked weight copy (see LowMemComponents._session): the
+    int8 U-Net and an int8 VAE decoder. Unpacked, SD 1.5's int8 VAE decoder at 512 px (lean, fresh process) took
+    14.0 s and peaked at 1,079 MB; prepacked 9.0 s and 758 MB (ONNX Runtime packs each layer at run time otherwise)."""
+    if manifest.get("precision") != "int8" or comp not in ("unet", "vae_decoder"):
+        return False
+    return manifest.get("quantization", {}).get(comp, {}).get("precision", "int8") == "int8"
 
 
 def _fp16(manifest: dict, comp: str) -> bool:
@@ -302,7 +309,7 @@ class LowMemComponents(OrtComponents):
         try:
             # an int8 U-Net prepacked as in the normal mode: its unpacked kernels round otherwise (21 dB apart in the
             # image at SD 1.5 256 px) and run 2-3× slower
-            opts = session_options(comp, self.threads, self.strategy.lean, prepack=comp == "unet" and not self._float_parts)
+            opts = session_options(comp, self.threads, self.strategy.lean, prepack=_prepacked(self.model.manifest, comp))
             sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
             raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
@@ -316,10 +323,13 @@ class LowMemComponents(OrtComponents):
     def free(self, parts: bool = True) -> None:
         """Drop every loaded session (and the kept U-Net parts, unless parts=False) and return the memory."""
         if self.sessions or (parts and self.kept):
+            kept = parts and bool(self.kept)
             self.sessions.clear()
             if parts:
                 self.kept.clear()
             release_memory()
+            if kept:
+                shrink_shared_arena()  # the kept parts' prepacked weights sat in the shared arena
 
     def resident(self) -> list[str]:
         return list(self.sessions)

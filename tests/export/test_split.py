@@ -100,7 +100,7 @@ def test_int8_parts_hand_over_8_bit_activations_and_paint_the_whole_graphs_image
     assert psnr(streamed, normal) >= 50.0
 
 
-def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
+def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split, monkeypatch):
     """Each kept part is one load fewer per step; the image is the streamed one, and the parts are freed before
     the VAE decodes."""
     from dataclasses import replace
@@ -116,9 +116,22 @@ def test_a_budget_keeps_the_streamed_parts_it_has_room_for(split):
     req = Request("一棵青松，青山环绕", steps=3, seed=6)
     plain = open_pipeline(out, threads=2, memory=streamed)(req).images[0]
     pipe = open_pipeline(out, threads=2, memory=replace(streamed, kept_parts=2))
+    shrinks = []
+    monkeypatch.setattr(lowmem, "shrink_shared_arena", lambda: shrinks.append(len(pipe.components.kept)))
     assert psnr(pipe(req).images[0], plain) >= 50.0  # the shared arena changes where tensors live, not values
     assert pipe.components.resident() == ["vae_decoder"] and not pipe.components.kept
     assert ort_memory._SHARED_ARENA  # kept parts drew their activations from the process's one arena
+    assert shrinks == [0]  # the arena handed back once, after the kept parts were dropped and before the VAE
+
+
+def test_the_shared_arena_is_shrunk_through_a_hand_serialized_identity_graph():
+    """Core installs have no onnx package: the one-node graph that triggers the shrink is written by hand."""
+    import onnx
+
+    model = onnx.load_from_string(ort_memory._identity_model())
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Identity"]
+    ort_memory.shrink_shared_arena()  # runs (or does nothing where no arena was registered)
 
 
 def test_cutting_a_cut_export_again_leaves_the_first_one_intact(split, tmp_path):
