@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ort_cache(tmp_path_factory):
+    """ONNX Runtime's saved graphs (shanshui/runtime/ort_cache.py) go to a folder of this test session, not the
+    user's cache; subprocesses inherit it."""
+    old = os.environ.get("SHANSHUI_ORT_CACHE")
+    path = tmp_path_factory.mktemp("ort-cache")
+    os.environ["SHANSHUI_ORT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SHANSHUI_ORT_CACHE", None)
+    else:
+        os.environ["SHANSHUI_ORT_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import numpy as np
 from shanshui.errors import ShanshuiError
 from shanshui.integrity import inside
 from shanshui.runtime.backends import ORT_DTYPES, OrtComponents
+from shanshui.runtime.ort_cache import cached_session
 from shanshui.runtime.ort_memory import (
     MMAP_THRESHOLD,
     SHRINK,
@@ -309,8 +310,11 @@ class LowMemComponents(OrtComponents):
         try:
             # an int8 U-Net prepacked as in the normal mode: its unpacked kernels round otherwise (21 dB apart in the
             # image at SD 1.5 256 px) and run 2-3× slower
-            opts = session_options(comp, self.threads, self.strategy.lean, prepack=_prepacked(self.model.manifest, comp))
-            sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
+            prepack = _prepacked(self.model.manifest, comp)
+            make = lambda: session_options(comp, self.threads, self.strategy.lean, prepack=prepack)  # noqa: E731
+            # prepacked: the laid-out weights from the cache (ort_cache.py) when the low-memory modes load it again
+            ident = self._identity(comp, f"{comp}/{path.name}") if prepack else None
+            sess = cached_session(self._ort, path, ident, make, self.providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, all Exception subclasses
             raise ShanshuiError(f"cannot load {path}: {str(e).splitlines()[0]}; re-run `shanshui export`") from None
         self.sessions[comp] = sess
@@ -331,6 +335,12 @@ class LowMemComponents(OrtComponents):
             if kept:
                 shrink_shared_arena()  # the kept parts' prepacked weights sat in the shared arena
 
+    def _identity(self, comp: str, rel: str) -> dict | None:
+        """What names a graph's cache entry: its file and the hashes the manifest records for its component's files
+        (graphs and weights), with the settings the entry was optimized under. None where no hashes are recorded."""
+        hashes = self.model.manifest["components"][comp].get("sha256")
+        return {"file": rel, "sha256": hashes, "level": "all", "prepack": True} if hashes else None
+
     def resident(self) -> list[str]:
         return list(self.sessions)
 
@@ -339,8 +349,8 @@ class LowMemComponents(OrtComponents):
         if self.strategy.streamed and parts:  # as the whole encoder loads in these modes: full level, no prepacking
             self.free()
             small_heap(MMAP_THRESHOLD)
-            opts = session_options("text_encoder", self.threads, True)
-            live = self._run_parts(parts, [{"input_ids": input_ids}], opts, "text encoder part")[0]
+            make = lambda: session_options("text_encoder", self.threads, True)  # noqa: E731
+            live = self._run_parts(parts, [{"input_ids": input_ids}], make, "text encoder part")[0]
             self.loads["text_encoder"] += 1
             return live["last_hidden_state"]
         self._session("text_encoder")
@@ -363,21 +373,26 @@ class LowMemComponents(OrtComponents):
         # faster heap of the whole U-Net (see UNET_MMAP_THRESHOLD)
         small_heap(MMAP_THRESHOLD if not self.strategy.kept_parts else UNET_MMAP_THRESHOLD)
         self.free(parts=False)  # the text encoder; kept parts stay
-        opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
-        if self.strategy.kept_parts:
-            shared_arena(opts)
+        def make():
+            opts = session_options("unet", self.threads, True, basic=self._float_parts, prepack=not self._float_parts)
+            if self.strategy.kept_parts:
+                shared_arena(opts)
+            return opts
         rows = [slice(i, i + 1) for i in range(len(x))] if self.strategy.split_batch else [slice(None)]
         lives = [{"sample": x[r], "timestep": t[r], "encoder_hidden_states": cond[r]} for r in rows]
-        lives = self._run_parts(self.model.manifest["components"]["unet"]["parts"], lives, opts, "U-Net part",
-                                keep=self.strategy.kept_parts, shrink=bool(self.strategy.kept_parts))
+        lives = self._run_parts(self.model.manifest["components"]["unet"]["parts"], lives, make, "U-Net part",
+                                keep=self.strategy.kept_parts, shrink=bool(self.strategy.kept_parts),
+                                comp=None if self._float_parts else "unet")
         self.loads["unet"] += 1
         return np.concatenate([live["out_sample"] for live in lives])  # (B2, C, h, w)
 
-    def _run_parts(self, parts: list[dict], lives: list[dict], opts, what: str, keep: int = 0,
-                   shrink: bool = False) -> list[dict]:
+    def _run_parts(self, parts: list[dict], lives: list[dict], make_opts, what: str, keep: int = 0,
+                   shrink: bool = False, comp: str | None = None) -> list[dict]:
         """A component's parts each loaded (or kept: the first `keep` are, in self.kept), run on each of `lives`
         (inputs by name: one dict per independent call) and freed in turn; tensors kept only until their last
-        reader. shrink: the last run hands the shared arena's free blocks back. Returns each call's outputs."""
+        reader. make_opts() gives each load its SessionOptions; comp: the component whose prepacked parts load from
+        the cache (ort_cache.py). shrink: the last run hands the shared arena's free blocks back. Returns each
+        call's outputs."""
         last_run = self._ort.RunOptions()
         if shrink:
             last_run.add_run_config_entry(SHRINK, "cpu:0")
@@ -387,7 +402,8 @@ class LowMemComponents(OrtComponents):
             sess = self.kept.get(k) if keep else None
             if sess is None:
                 path = inside(self.model.root, part["file"], what)  # listed in files: hashed when opened
-                sess = self._ort.InferenceSession(str(path), opts, providers=self.providers)
+                ident = self._identity(comp, part["file"]) if comp else None  # prepacked parts: from the cache
+                sess = cached_session(self._ort, path, ident, make_opts, self.providers)
                 if k < keep:
                     self.kept[k] = sess
             # plain values: a NodeArg left bound after a loop keeps its session alive, so the part just run stayed
