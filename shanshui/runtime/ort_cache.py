@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import functools
 import platform
 import shutil
 from pathlib import Path
@@ -42,8 +43,10 @@ def cache_root() -> Path | None:
     return Path(base) / "shanshui" / "ort-prepacked"
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key() -> str:
-    """ONNX Runtime's version and this CPU's model and feature flags, as a short folder name."""
+    """ONNX Runtime's version and this CPU's model and feature flags, as a short folder name (read once: a streamed
+    U-Net loads parts every step)."""
     import onnxruntime as ort
 
     cpu = ""
